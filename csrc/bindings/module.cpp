@@ -1,0 +1,391 @@
+// pybind11 module fusedrnn._C: validate arguments, allocate outputs, release the GIL, fill a
+// params struct, dispatch. No math here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fusedrnn/api.h"
+#include "fusedrnn/check.h"
+
+namespace py = pybind11;
+using fusedrnn::CellKind;
+using fusedrnn::concat;
+
+namespace {
+
+const char* kind_name(CellKind k) {
+  switch (k) {
+    case CellKind::RnnTanh: return "rnn_tanh";
+    case CellKind::RnnRelu: return "rnn_relu";
+    case CellKind::Lstm: return "lstm";
+    case CellKind::Gru: return "gru";
+    case CellKind::GruV1: return "gru_v1";
+  }
+  return "?";
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// A float array argument: must be a numpy.ndarray of exactly `dtype`; returned C-contiguous
+// (a non-contiguous input is copied once, which is the only copy the bindings make).
+py::array float_arg(py::handle obj, const char* name, const py::dtype& dtype, bool first = false) {
+  FUSEDRNN_CHECK_TYPE(py::isinstance<py::array>(obj), name, " must be a numpy.ndarray, got ",
+                      py::str(py::type::of(obj)).cast<std::string>());
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (first) {
+    FUSEDRNN_CHECK_TYPE(a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()) ||
+                            a.dtype().equal(py::dtype::of<float>()) ||
+                            a.dtype().equal(py::dtype::of<double>()),
+                        name, " must have dtype float32 or float64, got ", dtype_str(a));
+  } else {
+    FUSEDRNN_CHECK_TYPE(a.dtype().equal(dtype), name, " must have dtype ",
+                        py::str(dtype).cast<std::string>(), " (the dtype of x), got ",
+                        dtype_str(a));
+  }
+  return py::array::ensure(a, py::array::c_style);
+}
+
+std::optional<py::array> optional_float_arg(py::handle obj, const char* name, const py::dtype& dt) {
+  if (obj.is_none()) return std::nullopt;
+  return float_arg(obj, name, dt);
+}
+
+void check_shape(const py::array& a, const char* name, std::vector<int64_t> want,
+                 const char* meaning) {
+  bool ok = a.ndim() == (py::ssize_t)want.size();
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
+  if (ok) return;
+  std::string w = "(";
+  for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+  w += want.size() == 1 ? ",)" : ")";
+  throw std::invalid_argument(
+      concat(name, " must have shape ", meaning, " = ", w, ", got ", shape_str(a)));
+}
+
+template <class T>
+py::array_t<T> empty(std::vector<py::ssize_t> shape) {
+  return py::array_t<T>(shape);
+}
+
+template <class T>
+T* ptr(std::optional<py::array>& a) {
+  return a ? static_cast<T*>(a->mutable_data()) : nullptr;
+}
+template <class T>
+const T* cptr(const std::optional<py::array>& a) {
+  return a ? static_cast<const T*>(a->data()) : nullptr;
+}
+
+// Everything the backward pass needs from a training forward. Opaque to Python.
+struct Context {
+  CellKind kind;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
+  bool reverse = false;
+  py::dtype dtype;
+  py::array x, w_ih, w_hh;
+  std::optional<py::array> b_ih, b_hh, w_hr, lengths;
+  py::array saved, h_prev;
+  std::optional<py::array> proj_in;
+  int64_t R() const { return P > 0 ? P : H; }
+};
+
+struct Validated {
+  CellKind kind;
+  py::dtype dtype;
+  int64_t T, B, I, H, P, G;
+  py::array x, w_ih, w_hh;
+  std::optional<py::array> b_ih, b_hh, h0, c0, w_hr, lengths;
+};
+
+Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::handle w_hh_,
+                           py::handle b_ih_, py::handle b_hh_, py::handle h0_, py::handle c0_,
+                           py::handle w_hr_, py::handle lengths_) {
+  FUSEDRNN_CHECK(kind_int >= 0 && kind_int <= 4, "unknown cell kind ", kind_int);
+  Validated v{};
+  v.kind = static_cast<CellKind>(kind_int);
+  const bool lstm = v.kind == CellKind::Lstm;
+  v.G = fusedrnn::cell_gates(v.kind);
+
+  v.x = float_arg(x_, "x", py::dtype::of<float>(), /*first=*/true);
+  v.dtype = v.x.dtype();
+  FUSEDRNN_CHECK(v.x.ndim() == 3, "x must be 3-D with shape (T, B, input_size), got shape ",
+                 shape_str(v.x));
+  v.T = v.x.shape(0);
+  v.B = v.x.shape(1);
+  v.I = v.x.shape(2);
+  FUSEDRNN_CHECK(v.T >= 1 && v.B >= 1 && v.I >= 1,
+                 "x must be non-empty: shape (T, B, input_size) with every size >= 1, got ",
+                 shape_str(v.x));
+
+  v.w_ih = float_arg(w_ih_, "w_ih", v.dtype);
+  FUSEDRNN_CHECK(v.w_ih.ndim() == 2 && v.w_ih.shape(0) >= v.G && v.w_ih.shape(0) % v.G == 0,
+                 "w_ih must be 2-D with shape (", v.G, "*hidden_size, input_size) for ",
+                 kind_name(v.kind), ", got ", shape_str(v.w_ih));
+  v.H = v.w_ih.shape(0) / v.G;
+  check_shape(v.w_ih, "w_ih", {v.G * v.H, v.I}, "(G*hidden_size, input_size) with input_size = x.shape[2]");
+
+  v.w_hr = optional_float_arg(w_hr_, "w_hr", v.dtype);
+  FUSEDRNN_CHECK(!v.w_hr || lstm, "w_hr (projection) is only defined for the LSTM");
+  if (v.w_hr) {
+    FUSEDRNN_CHECK(v.w_hr->ndim() == 2 && v.w_hr->shape(0) >= 1,
+                   "w_hr must be 2-D with shape (proj_size, hidden_size), got ",
+                   shape_str(*v.w_hr));
+    v.P = v.w_hr->shape(0);
+    check_shape(*v.w_hr, "w_hr", {v.P, v.H}, "(proj_size, hidden_size)");
+  }
+  const int64_t R = v.P > 0 ? v.P : v.H;
+
+  v.w_hh = float_arg(w_hh_, "w_hh", v.dtype);
+  check_shape(v.w_hh, "w_hh", {v.G * v.H, R},
+              v.P > 0 ? "(G*hidden_size, proj_size)" : "(G*hidden_size, hidden_size)");
+
+  v.b_ih = optional_float_arg(b_ih_, "b_ih", v.dtype);
+  v.b_hh = optional_float_arg(b_hh_, "b_hh", v.dtype);
+  FUSEDRNN_CHECK(v.b_ih.has_value() == v.b_hh.has_value(),
+                 "b_ih and b_hh must be given together or both be None");
+  if (v.b_ih) check_shape(*v.b_ih, "b_ih", {v.G * v.H}, "(G*hidden_size,)");
+  if (v.b_hh) check_shape(*v.b_hh, "b_hh", {v.G * v.H}, "(G*hidden_size,)");
+
+  v.h0 = optional_float_arg(h0_, "h0", v.dtype);
+  if (v.h0) check_shape(*v.h0, "h0", {v.B, R}, v.P > 0 ? "(batch, proj_size)" : "(batch, hidden_size)");
+  v.c0 = optional_float_arg(c0_, "c0", v.dtype);
+  FUSEDRNN_CHECK(!v.c0 || lstm, "c0 is only defined for the LSTM");
+  if (v.c0) check_shape(*v.c0, "c0", {v.B, v.H}, "(batch, hidden_size)");
+
+  if (!lengths_.is_none()) {
+    py::array l = py::array::ensure(lengths_);
+    FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
+                        "lengths must be an integer array, got ",
+                        l ? dtype_str(l) : py::str(py::type::of(lengths_)).cast<std::string>());
+    check_shape(l, "lengths", {v.B}, "(batch,)");
+    auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
+    auto acc = l64.unchecked<1>();
+    for (int64_t b = 0; b < v.B; ++b)
+      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= v.T, "lengths must lie in [1, T] = [1, ", v.T,
+                     "], got lengths[", b, "] = ", acc(b));
+    v.lengths = l64;
+  }
+  // The BLAS takes 32-bit sizes.
+  FUSEDRNN_CHECK(v.T * v.B <= INT_MAX && v.G * v.H <= INT_MAX && v.I <= INT_MAX,
+                 "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
+  return v;
+}
+
+template <class T>
+py::tuple forward_typed(Validated& v, bool reverse, bool training) {
+  const int64_t R = v.P > 0 ? v.P : v.H;
+  const int64_t S = fusedrnn::cell_saved(v.kind);
+  const bool lstm = v.kind == CellKind::Lstm;
+  auto y = empty<T>({v.T, v.B, R});
+  auto h_n = empty<T>({v.B, R});
+  std::optional<py::array> c_n;
+  if (lstm) c_n = empty<T>({v.B, v.H});
+
+  auto ctx = std::make_shared<Context>();
+  fusedrnn::ForwardParams<T> p;
+  p.steps = v.T;
+  p.batch = v.B;
+  p.input = v.I;
+  p.hidden = v.H;
+  p.proj = v.P;
+  p.x = static_cast<const T*>(v.x.data());
+  p.w_ih = static_cast<const T*>(v.w_ih.data());
+  p.w_hh = static_cast<const T*>(v.w_hh.data());
+  p.b_ih = cptr<T>(v.b_ih);
+  p.b_hh = cptr<T>(v.b_hh);
+  p.w_hr = cptr<T>(v.w_hr);
+  p.h0 = cptr<T>(v.h0);
+  p.c0 = cptr<T>(v.c0);
+  p.lengths = v.lengths ? static_cast<const int64_t*>(v.lengths->data()) : nullptr;
+  p.reverse = reverse;
+  p.y = y.mutable_data();
+  p.h_n = h_n.mutable_data();
+  p.c_n = ptr<T>(c_n);
+  if (training) {
+    ctx->saved = empty<T>({v.T, v.B, S * v.H});
+    ctx->h_prev = empty<T>({v.T, v.B, R});
+    if (v.P > 0) ctx->proj_in = empty<T>({v.T, v.B, v.H});
+    p.saved = static_cast<T*>(ctx->saved.mutable_data());
+    p.h_prev = static_cast<T*>(ctx->h_prev.mutable_data());
+    p.proj_in = ptr<T>(ctx->proj_in);
+  }
+  {
+    py::gil_scoped_release nogil;
+    fusedrnn::layer_forward<T>(v.kind, p);
+  }
+  py::object ctx_obj = py::none();
+  if (training) {
+    ctx->kind = v.kind;
+    ctx->T = v.T;
+    ctx->B = v.B;
+    ctx->I = v.I;
+    ctx->H = v.H;
+    ctx->P = v.P;
+    ctx->reverse = reverse;
+    ctx->dtype = v.dtype;
+    ctx->x = v.x;
+    ctx->w_ih = v.w_ih;
+    ctx->w_hh = v.w_hh;
+    ctx->b_ih = v.b_ih;
+    ctx->b_hh = v.b_hh;
+    ctx->w_hr = v.w_hr;
+    ctx->lengths = v.lengths;
+    ctx_obj = py::cast(ctx);
+  }
+  py::object c_obj = c_n ? py::object(*c_n) : py::object(py::none());
+  return py::make_tuple(y, h_n, c_obj, ctx_obj);
+}
+
+py::tuple forward(int kind, py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih,
+                  py::handle b_hh, py::handle h0, py::handle c0, py::handle w_hr,
+                  py::handle lengths, bool reverse, bool training) {
+  Validated v = validate_forward(kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths);
+  if (v.dtype.equal(py::dtype::of<float>())) return forward_typed<float>(v, reverse, training);
+  return forward_typed<double>(v, reverse, training);
+}
+
+template <class T>
+py::dict backward_typed(Context& c, std::optional<py::array>& dy, std::optional<py::array>& dh_n,
+                        std::optional<py::array>& dc_n) {
+  const int64_t R = c.R();
+  const int64_t G = fusedrnn::cell_gates(c.kind);
+  auto dx = empty<T>({c.T, c.B, c.I});
+  auto dh0 = empty<T>({c.B, R});
+  auto dw_ih = empty<T>({G * c.H, c.I});
+  auto dw_hh = empty<T>({G * c.H, R});
+  std::optional<py::array> dc0, db_ih, db_hh, dw_hr;
+  if (c.kind == CellKind::Lstm) dc0 = empty<T>({c.B, c.H});
+  if (c.b_ih) {
+    db_ih = empty<T>({G * c.H});
+    db_hh = empty<T>({G * c.H});
+  }
+  if (c.P > 0) dw_hr = empty<T>({c.P, c.H});
+
+  fusedrnn::BackwardParams<T> p;
+  p.steps = c.T;
+  p.batch = c.B;
+  p.input = c.I;
+  p.hidden = c.H;
+  p.proj = c.P;
+  p.x = static_cast<const T*>(c.x.data());
+  p.w_ih = static_cast<const T*>(c.w_ih.data());
+  p.w_hh = static_cast<const T*>(c.w_hh.data());
+  p.b_ih = cptr<T>(c.b_ih);
+  p.b_hh = cptr<T>(c.b_hh);
+  p.w_hr = cptr<T>(c.w_hr);
+  p.lengths = c.lengths ? static_cast<const int64_t*>(c.lengths->data()) : nullptr;
+  p.reverse = c.reverse;
+  p.saved = static_cast<const T*>(c.saved.data());
+  p.h_prev = static_cast<const T*>(c.h_prev.data());
+  p.proj_in = cptr<T>(c.proj_in);
+  p.dy = cptr<T>(dy);
+  p.dh_n = cptr<T>(dh_n);
+  p.dc_n = cptr<T>(dc_n);
+  p.dx = dx.mutable_data();
+  p.dh0 = dh0.mutable_data();
+  p.dc0 = ptr<T>(dc0);
+  p.dw_ih = dw_ih.mutable_data();
+  p.dw_hh = dw_hh.mutable_data();
+  p.db_ih = ptr<T>(db_ih);
+  p.db_hh = ptr<T>(db_hh);
+  p.dw_hr = ptr<T>(dw_hr);
+  {
+    py::gil_scoped_release nogil;
+    fusedrnn::layer_backward<T>(c.kind, p);
+  }
+  py::dict g;
+  g["x"] = dx;
+  g["h0"] = dh0;
+  if (dc0) g["c0"] = *dc0;
+  g["weight_ih"] = dw_ih;
+  g["weight_hh"] = dw_hh;
+  if (db_ih) {
+    g["bias_ih"] = *db_ih;
+    g["bias_hh"] = *db_hh;
+  }
+  if (dw_hr) g["weight_hr"] = *dw_hr;
+  return g;
+}
+
+py::dict backward(py::handle ctx_, py::handle dy_, py::handle dh_n_, py::handle dc_n_) {
+  FUSEDRNN_CHECK_TYPE(!ctx_.is_none() && py::isinstance<Context>(ctx_),
+                      "ctx must be the context returned by a forward call with training=True, got ",
+                      py::str(py::type::of(ctx_)).cast<std::string>());
+  Context& c = *ctx_.cast<std::shared_ptr<Context>>();
+  const int64_t R = c.R();
+  auto dy = optional_float_arg(dy_, "dy", c.dtype);
+  if (dy) check_shape(*dy, "dy", {c.T, c.B, R}, "(T, batch, output_size) like y");
+  auto dh_n = optional_float_arg(dh_n_, "dh_n", c.dtype);
+  if (dh_n) check_shape(*dh_n, "dh_n", {c.B, R}, "(batch, output_size) like h_n");
+  std::optional<py::array> dc_n;
+  if (!dc_n_.is_none()) {
+    FUSEDRNN_CHECK(c.kind == CellKind::Lstm, "dc_n is only defined for the LSTM");
+    dc_n = float_arg(dc_n_, "dc_n", c.dtype);
+    check_shape(*dc_n, "dc_n", {c.B, c.H}, "(batch, hidden_size) like c_n");
+  }
+  if (c.dtype.equal(py::dtype::of<float>())) return backward_typed<float>(c, dy, dh_n, dc_n);
+  return backward_typed<double>(c, dy, dh_n, dc_n);
+}
+
+py::dict config() {
+  py::dict d;
+  d["version"] = FUSEDRNN_VERSION;
+  d["compiler"] = FUSEDRNN_CXX_COMPILER;
+  d["blas"] = fusedrnn::blas_name();
+  d["blas_config"] = fusedrnn::blas_config();
+  d["blas_core"] = fusedrnn::blas_core();
+  d["openmp"] = std::to_string(_OPENMP);
+  d["num_threads"] = fusedrnn::get_num_threads();
+  d["cuda"] = bool(FUSEDRNN_WITH_CUDA);
+  d["simd_compiled"] = fusedrnn::simd_compiled();
+  d["simd_cpu"] = fusedrnn::simd_cpu();
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedrnn native kernels (CPU). Use fusedrnn.functional, not this module.";
+  py::register_exception<fusedrnn::TypeError>(m, "NativeTypeError", PyExc_TypeError);
+
+  py::class_<Context, std::shared_ptr<Context>>(m, "Context",
+                                                "What backward needs from a training forward.")
+      .def_property_readonly("kind", [](const Context& c) { return kind_name(c.kind); })
+      .def_property_readonly("dtype", [](const Context& c) { return c.dtype; })
+      .def_property_readonly("shape", [](const Context& c) {
+        return py::make_tuple(c.T, c.B, c.I, c.H, c.P);
+      })
+      .def_property_readonly("reverse", [](const Context& c) { return c.reverse; })
+      .def("__repr__", [](const Context& c) {
+        return concat("<fusedrnn Context ", kind_name(c.kind), " T=", c.T, " B=", c.B,
+                      " I=", c.I, " H=", c.H, c.P ? concat(" P=", c.P) : std::string(),
+                      c.reverse ? " reverse" : "", ">");
+      });
+
+  m.def("forward", &forward, py::arg("kind"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("w_hr"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+        "One layer, one direction. Returns (y, h_n, c_n or None, ctx or None).");
+  m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        "BPTT for a training forward. Returns a dict of gradients.");
+  m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &fusedrnn::get_num_threads);
+  m.def("config", &config);
+  m.attr("KIND_RNN_TANH") = int(CellKind::RnnTanh);
+  m.attr("KIND_RNN_RELU") = int(CellKind::RnnRelu);
+  m.attr("KIND_LSTM") = int(CellKind::Lstm);
+  m.attr("KIND_GRU") = int(CellKind::Gru);
+  m.attr("KIND_GRU_V1") = int(CellKind::GruV1);
+}

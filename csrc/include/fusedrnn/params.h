@@ -1,0 +1,73 @@
+#pragma once
+// The only things the bindings hand to the kernels: plain pointers and sizes.
+// All arrays are C-contiguous. Shapes use T (time), B (batch), I (input), H (hidden),
+// G (gates), R (recurrent width: H, or P with an LSTM projection), S (saved values per unit).
+#include <cstdint>
+
+namespace fusedrnn {
+
+enum class CellKind : int {
+  RnnTanh = 0,
+  RnnRelu = 1,
+  Lstm = 2,
+  Gru = 3,    // reset_after=True: PyTorch / cuDNN / ONNX linear_before_reset=1
+  GruV1 = 4,  // reset_after=False: Cho et al. / Keras / ONNX default
+};
+
+// Number of gate blocks and saved values per hidden unit for each cell kind
+// (must match the cell headers; checked by static_asserts in the CPU instantiation).
+int cell_gates(CellKind kind);
+int cell_saved(CellKind kind);
+
+// One layer, one direction.
+template <class T>
+struct LayerShape {
+  int64_t steps = 0;   // T
+  int64_t batch = 0;   // B
+  int64_t input = 0;   // I
+  int64_t hidden = 0;  // H
+  int64_t proj = 0;    // P, 0 without projection
+  int64_t recurrent() const { return proj > 0 ? proj : hidden; }  // R
+
+  const T* x = nullptr;       // (T, B, I)
+  const T* w_ih = nullptr;    // (G*H, I)
+  const T* w_hh = nullptr;    // (G*H, R)
+  const T* b_ih = nullptr;    // (G*H) or null: no bias
+  const T* b_hh = nullptr;    // (G*H) or null
+  const T* w_hr = nullptr;    // (P, H) or null
+  const int64_t* lengths = nullptr;  // (B), each in [1, T]; null: all T
+  bool reverse = false;
+};
+
+template <class T>
+struct ForwardParams : LayerShape<T> {
+  const T* h0 = nullptr;  // (B, R) or null: zeros
+  const T* c0 = nullptr;  // (B, H) or null: zeros (LSTM)
+  T* y = nullptr;         // (T, B, R) out; zero past each length
+  T* h_n = nullptr;       // (B, R) out
+  T* c_n = nullptr;       // (B, H) out (LSTM)
+  // Training mode saves these (all null in inference); rows past a sequence's length are zeroed.
+  T* saved = nullptr;     // (T, B, S*H) the cell's saved post-activations, by time
+  T* h_prev = nullptr;    // (T, B, R)   state entering each time step
+  T* proj_in = nullptr;   // (T, B, H)   o*tanh(c), the input of W_hr (projection only)
+};
+
+template <class T>
+struct BackwardParams : LayerShape<T> {
+  const T* saved = nullptr;    // from the training forward
+  const T* h_prev = nullptr;
+  const T* proj_in = nullptr;
+  const T* dy = nullptr;       // (T, B, R) or null: zeros
+  const T* dh_n = nullptr;     // (B, R) or null
+  const T* dc_n = nullptr;     // (B, H) or null
+  T* dx = nullptr;             // (T, B, I) out
+  T* dh0 = nullptr;            // (B, R) out
+  T* dc0 = nullptr;            // (B, H) out (LSTM)
+  T* dw_ih = nullptr;          // (G*H, I) out
+  T* dw_hh = nullptr;          // (G*H, R) out
+  T* db_ih = nullptr;          // (G*H) out, null without bias
+  T* db_hh = nullptr;          // (G*H) out
+  T* dw_hr = nullptr;          // (P, H) out (projection)
+};
+
+}  // namespace fusedrnn

@@ -1,0 +1,53 @@
+"""fusedrnn: fused LSTM, GRU and vanilla-RNN kernels (forward and BPTT) for NumPy.
+
+Submodules: :mod:`fusedrnn.functional` (native kernels on arrays) and
+:mod:`fusedrnn.reference` (the pure-NumPy specification).
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _pkg_version
+
+from fusedrnn._loader import _C
+from fusedrnn import functional, reference
+
+try:
+    __version__ = _pkg_version("fusedrnn")
+except PackageNotFoundError:  # running from a source tree without metadata
+    __version__ = _C.config()["version"]
+
+__all__ = ["functional", "reference", "show_config", "config", "set_num_threads",
+           "get_num_threads", "__version__"]
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads used by fusedrnn's OpenMP regions and its BLAS (both, never nested).
+
+    The default is ``OMP_NUM_THREADS`` or the number of cores."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads fusedrnn uses for its OpenMP regions and its BLAS."""
+    return _C.get_num_threads()
+
+
+def config() -> dict:
+    """Build and runtime facts: version, compiler, BLAS, threads, CUDA, SIMD."""
+    return dict(_C.config())
+
+
+def show_config() -> None:
+    """Prints :func:`config` (compiler, BLAS, OpenMP threads, CUDA built yes/no, SIMD level)."""
+    c = config()
+    lines = [
+        f"fusedrnn {__version__}",
+        f"  compiler        : {c['compiler']} (C++17, OpenMP {c['openmp']})",
+        f"  BLAS            : {c['blas']}, core {c['blas_core']}",
+        f"  BLAS config     : {c['blas_config']}",
+        f"  threads         : {c['num_threads']} (OpenMP and BLAS; fusedrnn.set_num_threads)",
+        f"  CUDA built      : {'yes' if c['cuda'] else 'no'}",
+        f"  SIMD compiled   : {c['simd_compiled']}",
+        f"  SIMD on this CPU: {c['simd_cpu']}",
+    ]
+    print("\n".join(lines))
