@@ -76,7 +76,9 @@ def _rel_err(approx, exact):
 
 
 def _fd_gradient(loss, arrays, name, eps=FD_EPS):
-    """Central finite differences of `loss()` w.r.t. every entry of arrays[name] (in place)."""
+    """Central finite differences of `loss(name)` w.r.t. every entry of arrays[name].
+
+    Entries are perturbed in place and restored exactly; `loss` is told which array moves."""
     a = arrays[name]
     g = np.zeros_like(a)
     for idx in np.ndindex(a.shape):

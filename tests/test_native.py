@@ -1,0 +1,221 @@
+"""Native kernels vs the float64 NumPy reference: forward and every gradient.
+
+Error of an array = max |native - ref64| / max |ref64| (ref64: the reference in float64 on the
+same inputs). Bounds (DESIGN.md §5):
+* float64: 1e-10.
+* float32: 2 x the float32 error scale of the problem: the largest error (against ref64) of nine
+  runs of the reference: in float32 on the same inputs (DESIGN.md's "float32 NumPy run"), and
+  on four random one-ulp float32 perturbations of the inputs, each in float32 and in float64.
+  One float32 run alone can be exact by luck on an ill-conditioned array (H=1, or bias sums with
+  cancellation); the perturbed runs sample how far float32 roundings move the result. Floor:
+  4 float32 ulps of the array's scale (so the bound is never under 8 ulps).
+"""
+
+import itertools
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from fusedrnn import functional as F
+from fusedrnn import reference as ref
+
+from conftest import count_config, record_error
+
+EPS32 = np.finfo(np.float32).eps
+N_PERTURBED = 4  # perturbed input sets sampled for the float32 error scale
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru", "gru_v1"]
+
+
+def ragged_lengths(T, B):
+    """Lengths with ties and a length-1 sequence (as far as B allows), not sorted."""
+    pattern = [T, 1, (T + 1) // 2, (T + 1) // 2, T]
+    return np.array(pattern[:B] if B > 1 else [1], dtype=np.int64)
+
+
+def make_case(cell, T, B, I, H, dtype, rng, bias=True, states=True):
+    mode = "lstm" if cell.startswith("lstm") else ("gru" if cell.startswith("gru") else cell)
+    G = ref.GATES[mode]
+    P = H // 2 + 1 if cell == "lstm_proj" else 0
+    R = P or H
+    u = lambda *s: rng.uniform(-1, 1, s)  # float64 master copies
+    c = dict(mode=mode, cell=cell, P=P, R=R,
+             x=u(T, B, I), w_ih=u(G * H, I) * 0.6, w_hh=u(G * H, R) * 0.6,
+             b_ih=u(G * H) * 0.3 if bias else None, b_hh=u(G * H) * 0.3 if bias else None,
+             h0=u(B, R) if states else None,
+             c0=u(B, H) if states and mode == "lstm" else None,
+             w_hr=u(P, H) * 0.6 if P else None,
+             dy=u(T, B, R), dh_n=u(B, R), dc_n=u(B, H) if mode == "lstm" else None)
+    return c
+
+
+def cast(case, dtype):
+    return {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+
+
+def run(lib, case, lengths, reverse, training=True):
+    """Forward + backward through `lib` (functional or reference). Returns (outputs, grads)."""
+    c = case
+    kw = dict(lengths=lengths, reverse=reverse, training=training)
+    if c["mode"] == "lstm":
+        y, h, cn, ctx = lib.lstm_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"],
+                                         c["h0"], c["c0"], w_hr=c["w_hr"], **kw)
+        outs = {"y": y, "h_n": h, "c_n": cn}
+        grads = lib.lstm_backward(ctx, c["dy"], c["dh_n"], c["dc_n"]) if training else {}
+    elif c["mode"] == "gru":
+        y, h, ctx = lib.gru_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"],
+                                    reset_after=c["cell"] == "gru", **kw)
+        outs = {"y": y, "h_n": h}
+        grads = lib.gru_backward(ctx, c["dy"], c["dh_n"]) if training else {}
+    else:
+        y, h, ctx = lib.rnn_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"],
+                                    nonlinearity=c["mode"][4:], **kw)
+        outs = {"y": y, "h_n": h}
+        grads = lib.rnn_backward(ctx, c["dy"], c["dh_n"]) if training else {}
+    return outs, grads
+
+
+def perturb(case64, prng):
+    """Every float input rounded to float32 and moved by -1, 0 or +1 float32 ulp at random."""
+    out = {}
+    for k, v in case64.items():
+        if isinstance(v, np.ndarray):
+            v32 = v.astype(np.float32)
+            step = prng.integers(-1, 2, v.shape)
+            up = np.nextafter(v32, np.float32(np.inf))
+            down = np.nextafter(v32, np.float32(-np.inf))
+            v = np.where(step > 0, up, np.where(step < 0, down, v32)).astype(np.float64)
+        out[k] = v
+    return out
+
+
+def rel_err(a, b64):
+    scale = np.abs(b64).max()
+    return float(np.abs(a.astype(np.float64) - b64).max() / (scale if scale > 0 else 1.0))
+
+
+def compare(case64, dtype, lengths, reverse, label):
+    nat_out, nat_grad = run(F, cast(case64, dtype), lengths, reverse)
+    ref_out, ref_grad = run(ref, case64, lengths, reverse)
+    assert nat_grad.keys() == ref_grad.keys()
+    if dtype == np.float32:
+        r32 = [run(ref, cast(case64, np.float32), lengths, reverse)]
+        prng = np.random.default_rng(99)
+        for _ in range(N_PERTURBED):
+            moved = perturb(case64, prng)
+            r32.append(run(ref, cast(moved, np.float32), lengths, reverse))
+            r32.append(run(ref, moved, lengths, reverse))
+    count_config(dtype)
+    for group, nat, r64 in (("out", nat_out, ref_out), ("grad", nat_grad, ref_grad)):
+        for k in r64:
+            a = nat[k]
+            assert a.dtype == dtype and a.shape == r64[k].shape, (k, a.dtype, a.shape)
+            err = rel_err(a, r64[k])
+            if dtype == np.float64:
+                bound = 1e-10
+            else:
+                i = 0 if group == "out" else 1
+                scale32 = max(rel_err(r[i][k], r64[k]) for r in r32)
+                bound = 2 * max(scale32, 4 * EPS32)
+            record_error(dtype, f"{label} {group} {k}", err, bound)
+            assert err <= bound, f"{label}: {group} {k}: error {err:.3e} > bound {bound:.3e}"
+    return nat_out, nat_grad
+
+
+# FUSEDRNN_TEST_SEED varies the data of the sweep (the bounds must hold for any seed).
+seed = int(os.environ.get("FUSEDRNN_TEST_SEED", "0"))
+SWEEP = list(itertools.product(CELLS, [1, 7], [1, 3, 5], [1, 17, 33], ["f32", "f64"],
+                               [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("cell,T,B,H,dt,ragged,reverse", SWEEP,
+                         ids=["-".join(map(str, p)) for p in SWEEP])
+def test_native_matches_reference(cell, T, B, H, dt, ragged, reverse):
+    dtype = np.float32 if dt == "f32" else np.float64
+    I = 5  # != H everywhere in the sweep
+    rng = np.random.default_rng(zlib.crc32(f"{cell}-{T}-{B}-{H}-{seed}".encode()))
+    case = make_case(cell, T, B, I, H, dtype, rng)
+    lengths = ragged_lengths(T, B) if ragged else None
+    out, grad = compare(case, dtype, lengths, reverse, f"{cell} T={T} B={B} H={H} {dt}")
+    if ragged:
+        for b, L in enumerate(lengths):
+            assert not out["y"][L:, b].any(), "outputs past a sequence's length must be 0"
+            assert not grad["x"][L:, b].any(), "dx past a sequence's length must be 0"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_no_bias_no_initial_state(cell, dt, reverse):
+    dtype = np.float32 if dt == "f32" else np.float64
+    rng = np.random.default_rng(7)
+    case = make_case(cell, 6, 4, 3, 9, dtype, rng, bias=False, states=False)
+    _, grad = compare(case, dtype, np.array([6, 2, 6, 1]), reverse, f"{cell} no-bias {dt}")
+    assert "bias_ih" not in grad and "bias_hh" not in grad
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_equals_training_forward(cell):
+    rng = np.random.default_rng(3)
+    case = cast(make_case(cell, 9, 3, 4, 16, np.float32, rng), np.float32)
+    lengths = np.array([9, 4, 1])
+    for reverse in (False, True):
+        tr_out, _ = run(F, case, lengths, reverse, training=True)
+        inf_out, _ = run(F, case, lengths, reverse, training=False)
+        for k in tr_out:
+            np.testing.assert_array_equal(tr_out[k], inf_out[k])
+
+
+def test_inference_returns_no_context():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    w = lambda *s: rng.standard_normal(s).astype(np.float32)
+    *_, ctx = F.lstm_forward(x, w(8, 4), w(8, 2), training=False)
+    assert ctx is None
+    with pytest.raises(TypeError, match="ctx"):
+        F.lstm_backward(ctx, None)
+
+
+def test_backward_is_repeatable_and_matches_on_reuse():
+    """A context can be used for backward twice (no hidden state consumed)."""
+    rng = np.random.default_rng(5)
+    case = cast(make_case("gru", 5, 3, 4, 8, np.float64, rng), np.float64)
+    y, h, ctx = F.gru_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"],
+                              case["b_hh"], case["h0"])
+    g1 = F.gru_backward(ctx, case["dy"], case["dh_n"])
+    g2 = F.gru_backward(ctx, case["dy"], case["dh_n"])
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+
+
+def test_none_output_gradients_mean_zero():
+    rng = np.random.default_rng(6)
+    case = cast(make_case("lstm", 4, 2, 3, 5, np.float64, rng), np.float64)
+    *_, ctx = F.lstm_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
+                             case["h0"], case["c0"])
+    g_none = F.lstm_backward(ctx, None, None, None)
+    zeros = F.lstm_backward(ctx, np.zeros((4, 2, 5)), np.zeros((2, 5)), np.zeros((2, 5)))
+    for k in g_none:
+        np.testing.assert_array_equal(g_none[k], zeros[k])
+        assert not g_none[k].any()
+    g_dc = F.lstm_backward(ctx, None, None, case["dc_n"])
+    r = ref.lstm_backward(ref.lstm_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"],
+                                           case["b_hh"], case["h0"], case["c0"])[3],
+                          None, None, case["dc_n"])
+    for k in r:
+        np.testing.assert_allclose(g_dc[k], r[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_agree(threads):
+    import fusedrnn
+    old = fusedrnn.get_num_threads()
+    try:
+        fusedrnn.set_num_threads(threads)
+        assert fusedrnn.get_num_threads() == threads
+        rng = np.random.default_rng(11)
+        case = cast(make_case("lstm", 6, 16, 32, 64, np.float64, rng), np.float64)
+        compare(case, np.float64, np.array([6, 3] * 8), False, f"lstm threads={threads}")
+    finally:
+        fusedrnn.set_num_threads(old)
