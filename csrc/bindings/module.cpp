@@ -38,11 +38,15 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+std::string type_name(py::handle obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
 // A float array argument: must be a numpy.ndarray of exactly `dtype`; returned C-contiguous
 // (a non-contiguous input is copied once, which is the only copy the bindings make).
 py::array float_arg(py::handle obj, const char* name, const py::dtype& dtype, bool first = false) {
   FUSEDRNN_CHECK_TYPE(py::isinstance<py::array>(obj), name, " must be a numpy.ndarray, got ",
-                      py::str(py::type::of(obj)).cast<std::string>());
+                      type_name(obj));
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (first) {
     FUSEDRNN_CHECK_TYPE(a.dtype().is(py::dtype::of<float>()) || a.dtype().is(py::dtype::of<double>()) ||
@@ -168,7 +172,7 @@ Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::ha
     py::array l = py::array::ensure(lengths_);
     FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
                         "lengths must be an integer array, got ",
-                        l ? dtype_str(l) : py::str(py::type::of(lengths_)).cast<std::string>());
+                        l ? dtype_str(l) : type_name(lengths_));
     check_shape(l, "lengths", {v.B}, "(batch,)");
     auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
     auto acc = l64.unchecked<1>();
@@ -322,7 +326,7 @@ py::dict backward_typed(Context& c, std::optional<py::array>& dy, std::optional<
 py::dict backward(py::handle ctx_, py::handle dy_, py::handle dh_n_, py::handle dc_n_) {
   FUSEDRNN_CHECK_TYPE(!ctx_.is_none() && py::isinstance<Context>(ctx_),
                       "ctx must be the context returned by a forward call with training=True, got ",
-                      py::str(py::type::of(ctx_)).cast<std::string>());
+                      type_name(ctx_));
   Context& c = *ctx_.cast<std::shared_ptr<Context>>();
   const int64_t R = c.R();
   auto dy = optional_float_arg(dy_, "dy", c.dtype);
