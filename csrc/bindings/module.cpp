@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <climits>
+#include <cstring>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -343,6 +344,316 @@ py::dict backward(py::handle ctx_, py::handle dy_, py::handle dh_n_, py::handle 
   return backward_typed<double>(c, dy, dh_n, dc_n);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Whole stacks.
+
+std::string param_name(const char* base, int64_t l, int64_t d) {
+  return concat(base, "_l", l, d ? "_reverse" : "");
+}
+
+struct StackContext {
+  fusedrnn::StackConfig cfg;
+  py::dtype dtype;
+  bool has_bias = false;
+  py::array x;                      // kept alive: the state points into it
+  std::vector<py::array> weights;   // flattened per layer/direction, as in StackArgs::names
+  std::vector<std::string> names;
+  std::optional<py::array> lengths;
+  std::shared_ptr<void> state;      // StackState<float or double>
+  int64_t R() const { return cfg.recurrent(); }
+};
+
+struct StackArgs {
+  fusedrnn::StackConfig cfg;
+  py::dtype dtype;
+  bool has_bias = false;
+  py::array x;
+  std::optional<py::array> h0, c0, lengths;
+  std::vector<py::array> weights;  // per (l, d): w_ih, w_hh, [b_ih, b_hh], [w_hr]
+  std::vector<std::string> names;
+  int per_layer() const { return 2 + (has_bias ? 2 : 0) + (cfg.proj > 0 ? 1 : 0); }
+};
+
+const char* kParamBases[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+
+template <class T>
+std::vector<fusedrnn::StackWeights<T>> weight_ptrs(const std::vector<py::array>& w,
+                                                   const fusedrnn::StackConfig& cfg,
+                                                   bool has_bias) {
+  std::vector<fusedrnn::StackWeights<T>> out(cfg.layers * cfg.dirs);
+  size_t i = 0;
+  for (auto& lw : out) {
+    lw.w_ih = static_cast<const T*>(w[i++].data());
+    lw.w_hh = static_cast<const T*>(w[i++].data());
+    if (has_bias) {
+      lw.b_ih = static_cast<const T*>(w[i++].data());
+      lw.b_hh = static_cast<const T*>(w[i++].data());
+    }
+    if (cfg.proj > 0) lw.w_hr = static_cast<const T*>(w[i++].data());
+  }
+  return out;
+}
+
+StackArgs validate_stack(int kind_int, py::handle x_, py::dict params, int64_t num_layers,
+                         bool bidirectional, py::handle h0_, py::handle c0_, py::handle lengths_,
+                         bool batch_first, double dropout, uint64_t seed) {
+  FUSEDRNN_CHECK(kind_int >= 0 && kind_int <= 4, "unknown cell kind ", kind_int);
+  StackArgs a;
+  auto& cfg = a.cfg;
+  cfg.kind = static_cast<CellKind>(kind_int);
+  const bool lstm = cfg.kind == CellKind::Lstm;
+  const int64_t G = fusedrnn::cell_gates(cfg.kind);
+  FUSEDRNN_CHECK(num_layers >= 1, "num_layers must be >= 1, got ", num_layers);
+  FUSEDRNN_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ", dropout);
+  cfg.layers = num_layers;
+  cfg.dirs = bidirectional ? 2 : 1;
+  cfg.batch_first = batch_first;
+  cfg.dropout = dropout;
+  cfg.seed = seed;
+
+  a.x = float_arg(x_, "x", py::dtype::of<float>(), /*first=*/true);
+  a.dtype = a.x.dtype();
+  FUSEDRNN_CHECK(a.x.ndim() == 3, "x must be 3-D with shape ",
+                 batch_first ? "(batch, T, input_size)" : "(T, batch, input_size)",
+                 ", got shape ", shape_str(a.x));
+  cfg.steps = a.x.shape(batch_first ? 1 : 0);
+  cfg.batch = a.x.shape(batch_first ? 0 : 1);
+  cfg.input = a.x.shape(2);
+  FUSEDRNN_CHECK(cfg.steps >= 1 && cfg.batch >= 1 && cfg.input >= 1,
+                 "x must be non-empty (every size >= 1), got shape ", shape_str(a.x));
+
+  auto get = [&](const std::string& name) -> std::optional<py::array> {
+    if (!params.contains(name)) return std::nullopt;
+    return float_arg(params[name.c_str()], name.c_str(), a.dtype);
+  };
+  auto w0 = get("weight_ih_l0");
+  FUSEDRNN_CHECK(w0.has_value(), "params is missing 'weight_ih_l0'");
+  FUSEDRNN_CHECK(w0->ndim() == 2 && w0->shape(0) >= G && w0->shape(0) % G == 0,
+                 "weight_ih_l0 must be 2-D with shape (", G, "*hidden_size, input_size), got ",
+                 shape_str(*w0));
+  cfg.hidden = w0->shape(0) / G;
+  a.has_bias = params.contains("bias_ih_l0") || params.contains("bias_hh_l0");
+  if (params.contains("weight_hr_l0")) {
+    FUSEDRNN_CHECK(lstm, "weight_hr_l0: projections are only defined for the LSTM");
+    auto whr = get("weight_hr_l0");
+    FUSEDRNN_CHECK(whr->ndim() == 2 && whr->shape(0) >= 1,
+                   "weight_hr_l0 must be 2-D with shape (proj_size, hidden_size), got ",
+                   shape_str(*whr));
+    cfg.proj = whr->shape(0);
+  }
+  const int64_t H = cfg.hidden, R = cfg.recurrent(), GH = G * H;
+  size_t expected = 0;
+  for (int64_t l = 0; l < cfg.layers; ++l) {
+    for (int64_t d = 0; d < cfg.dirs; ++d) {
+      for (int i = 0; i < 5; ++i) {
+        if ((i == 2 || i == 3) && !a.has_bias) continue;
+        if (i == 4 && cfg.proj == 0) continue;
+        const std::string name = param_name(kParamBases[i], l, d);
+        auto arr = get(name);
+        FUSEDRNN_CHECK(arr.has_value(), "params is missing '", name, "'");
+        const int64_t in = cfg.layer_input(l);
+        switch (i) {
+          case 0: check_shape(*arr, name.c_str(), {GH, in}, l == 0 ? "(G*hidden_size, input_size)" : "(G*hidden_size, num_directions*output_size)"); break;
+          case 1: check_shape(*arr, name.c_str(), {GH, R}, cfg.proj ? "(G*hidden_size, proj_size)" : "(G*hidden_size, hidden_size)"); break;
+          case 2:
+          case 3: check_shape(*arr, name.c_str(), {GH}, "(G*hidden_size,)"); break;
+          case 4: check_shape(*arr, name.c_str(), {cfg.proj, H}, "(proj_size, hidden_size)"); break;
+        }
+        a.weights.push_back(*arr);
+        a.names.push_back(name);
+        ++expected;
+      }
+    }
+  }
+  if ((size_t)py::len(params) != expected) {
+    for (auto item : params) {
+      const std::string key = py::str(item.first).cast<std::string>();
+      bool known = false;
+      for (auto& n : a.names) known = known || n == key;
+      FUSEDRNN_CHECK(known, "params has an unexpected key '", key, "' for a ", cfg.layers,
+                     "-layer", cfg.dirs == 2 ? " bidirectional " : " ", kind_name(cfg.kind),
+                     a.has_bias ? " with" : " without", " bias",
+                     cfg.proj ? " and projection" : "");
+    }
+  }
+  const int64_t LD = cfg.layers * cfg.dirs;
+  a.h0 = optional_float_arg(h0_, "h0", a.dtype);
+  if (a.h0) check_shape(*a.h0, "h0", {LD, cfg.batch, R}, "(num_layers*num_directions, batch, output_size)");
+  a.c0 = optional_float_arg(c0_, "c0", a.dtype);
+  FUSEDRNN_CHECK(!a.c0 || lstm, "c0 is only defined for the LSTM");
+  if (a.c0) check_shape(*a.c0, "c0", {LD, cfg.batch, H}, "(num_layers*num_directions, batch, hidden_size)");
+  if (!lengths_.is_none()) {
+    py::array l = py::array::ensure(lengths_);
+    FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
+                        "lengths must be an integer array, got ",
+                        l ? dtype_str(l) : type_name(lengths_));
+    check_shape(l, "lengths", {cfg.batch}, "(batch,)");
+    auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
+    auto acc = l64.unchecked<1>();
+    for (int64_t b = 0; b < cfg.batch; ++b)
+      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= cfg.steps, "lengths must lie in [1, T] = [1, ",
+                     cfg.steps, "], got lengths[", b, "] = ", acc(b));
+    a.lengths = l64;
+  }
+  FUSEDRNN_CHECK(cfg.steps * cfg.batch <= INT_MAX && GH <= INT_MAX,
+                 "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
+  return a;
+}
+
+template <class T>
+py::tuple stack_forward_typed(StackArgs& a, bool training) {
+  const auto& cfg = a.cfg;
+  const int64_t LD = cfg.layers * cfg.dirs, R = cfg.recurrent();
+  std::vector<py::ssize_t> yshape = cfg.batch_first
+      ? std::vector<py::ssize_t>{cfg.batch, cfg.steps, cfg.dirs * R}
+      : std::vector<py::ssize_t>{cfg.steps, cfg.batch, cfg.dirs * R};
+  auto y = empty<T>(yshape);
+  auto h_n = empty<T>({LD, cfg.batch, R});
+  std::optional<py::array> c_n;
+  if (cfg.kind == CellKind::Lstm) c_n = empty<T>({LD, cfg.batch, cfg.hidden});
+  auto w = weight_ptrs<T>(a.weights, cfg, a.has_bias);
+  const int64_t* lens = a.lengths ? static_cast<const int64_t*>(a.lengths->data()) : nullptr;
+  fusedrnn::StackStatePtr<T> state;
+  {
+    py::gil_scoped_release nogil;
+    state = fusedrnn::stack_forward<T>(cfg, w, lens, static_cast<const T*>(a.x.data()),
+                                       cptr<T>(a.h0), cptr<T>(a.c0), y.mutable_data(),
+                                       h_n.mutable_data(), ptr<T>(c_n), training);
+  }
+  py::object ctx = py::none();
+  if (training) {
+    auto c = std::make_shared<StackContext>();
+    c->cfg = cfg;
+    c->dtype = a.dtype;
+    c->has_bias = a.has_bias;
+    c->x = a.x;
+    c->weights = a.weights;
+    c->names = a.names;
+    c->lengths = a.lengths;
+    c->state = std::shared_ptr<fusedrnn::StackState<T>>(state.release(),
+                                                        fusedrnn::StackStateDeleter<T>());
+    ctx = py::cast(c);
+  }
+  return py::make_tuple(y, h_n, c_n ? py::object(*c_n) : py::object(py::none()), ctx);
+}
+
+py::tuple stack_forward(int kind, py::handle x, py::dict params, int64_t num_layers,
+                        bool bidirectional, py::handle h0, py::handle c0, py::handle lengths,
+                        bool batch_first, double dropout, uint64_t seed, bool training) {
+  StackArgs a = validate_stack(kind, x, params, num_layers, bidirectional, h0, c0, lengths,
+                               batch_first, dropout, seed);
+  if (a.dtype.equal(py::dtype::of<float>())) return stack_forward_typed<float>(a, training);
+  return stack_forward_typed<double>(a, training);
+}
+
+template <class T>
+py::tuple stack_backward_typed(StackContext& c, std::optional<py::array>& dy,
+                               std::optional<py::array>& dh_n, std::optional<py::array>& dc_n,
+                               py::object grads_in) {
+  const auto& cfg = c.cfg;
+  const int64_t LD = cfg.layers * cfg.dirs, R = c.R();
+  auto dx = empty<T>(std::vector<py::ssize_t>(c.x.shape(), c.x.shape() + 3));
+  auto dh0 = empty<T>({LD, cfg.batch, R});
+  std::optional<py::array> dc0;
+  if (cfg.kind == CellKind::Lstm) dc0 = empty<T>({LD, cfg.batch, cfg.hidden});
+  const bool accumulate = !grads_in.is_none();
+  py::dict grads;
+  if (accumulate) {
+    FUSEDRNN_CHECK_TYPE(py::isinstance<py::dict>(grads_in), "grads must be a dict, got ",
+                        type_name(grads_in));
+    grads = grads_in;
+  }
+  std::vector<T*> gptr;
+  for (size_t i = 0; i < c.names.size(); ++i) {
+    const auto& name = c.names[i];
+    const py::array& wt = c.weights[i];
+    if (accumulate) {
+      FUSEDRNN_CHECK(grads.contains(name), "grads is missing '", name, "'");
+      py::object g = grads[name.c_str()];
+      FUSEDRNN_CHECK_TYPE(py::isinstance<py::array>(g), "grads['", name, "'] must be a numpy.ndarray");
+      auto ga = py::reinterpret_borrow<py::array>(g);
+      FUSEDRNN_CHECK_TYPE(ga.dtype().equal(c.dtype), "grads['", name, "'] must have dtype ",
+                          py::str(c.dtype).cast<std::string>());
+      std::vector<int64_t> want(wt.shape(), wt.shape() + wt.ndim());
+      check_shape(ga, ("grads['" + name + "']").c_str(), want, "like the parameter");
+      FUSEDRNN_CHECK((ga.flags() & py::array::c_style) && ga.writeable(),
+                     "grads['", name, "'] must be C-contiguous and writeable");
+      gptr.push_back(static_cast<T*>(ga.mutable_data()));
+    } else {
+      auto ga = empty<T>(std::vector<py::ssize_t>(wt.shape(), wt.shape() + wt.ndim()));
+      gptr.push_back(ga.mutable_data());
+      grads[name.c_str()] = ga;
+    }
+  }
+  std::vector<fusedrnn::StackGrads<T>> g(LD);
+  size_t i = 0;
+  for (auto& lg : g) {
+    lg.w_ih = gptr[i++];
+    lg.w_hh = gptr[i++];
+    if (c.has_bias) {
+      lg.b_ih = gptr[i++];
+      lg.b_hh = gptr[i++];
+    }
+    if (cfg.proj > 0) lg.w_hr = gptr[i++];
+  }
+  auto w = weight_ptrs<T>(c.weights, cfg, c.has_bias);
+  auto* state = static_cast<fusedrnn::StackState<T>*>(c.state.get());
+  {
+    py::gil_scoped_release nogil;
+    fusedrnn::stack_backward<T>(*state, w, cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n),
+                                dx.mutable_data(), dh0.mutable_data(), ptr<T>(dc0), g,
+                                accumulate);
+  }
+  return py::make_tuple(dx, dh0, dc0 ? py::object(*dc0) : py::object(py::none()), grads);
+}
+
+py::tuple stack_backward(py::handle ctx_, py::handle dy_, py::handle dh_n_, py::handle dc_n_,
+                         py::object grads) {
+  FUSEDRNN_CHECK_TYPE(!ctx_.is_none() && py::isinstance<StackContext>(ctx_),
+                      "ctx must be the context returned by stack_forward with training=True, "
+                      "got ", type_name(ctx_));
+  StackContext& c = *ctx_.cast<std::shared_ptr<StackContext>>();
+  const auto& cfg = c.cfg;
+  const int64_t LD = cfg.layers * cfg.dirs, R = c.R();
+  auto dy = optional_float_arg(dy_, "dy", c.dtype);
+  if (dy) {
+    std::vector<int64_t> want = cfg.batch_first
+        ? std::vector<int64_t>{cfg.batch, cfg.steps, cfg.dirs * R}
+        : std::vector<int64_t>{cfg.steps, cfg.batch, cfg.dirs * R};
+    check_shape(*dy, "dy", want, "like y");
+  }
+  auto dh_n = optional_float_arg(dh_n_, "dh_n", c.dtype);
+  if (dh_n) check_shape(*dh_n, "dh_n", {LD, cfg.batch, R}, "like h_n");
+  std::optional<py::array> dc_n;
+  if (!dc_n_.is_none()) {
+    FUSEDRNN_CHECK(cfg.kind == CellKind::Lstm, "dc_n is only defined for the LSTM");
+    dc_n = float_arg(dc_n_, "dc_n", c.dtype);
+    check_shape(*dc_n, "dc_n", {LD, cfg.batch, cfg.hidden}, "like c_n");
+  }
+  if (c.dtype.equal(py::dtype::of<float>()))
+    return stack_backward_typed<float>(c, dy, dh_n, dc_n, grads);
+  return stack_backward_typed<double>(c, dy, dh_n, dc_n, grads);
+}
+
+template <class T>
+py::list keep_masks_typed(const StackContext& c) {
+  py::list out;
+  auto* st = static_cast<fusedrnn::StackState<T>*>(c.state.get());
+  const auto& cfg = c.cfg;
+  const int64_t n = cfg.steps * cfg.batch * cfg.dirs * c.R();
+  for (int64_t l = 0; l + 1 < cfg.layers; ++l) {
+    const uint8_t* keep = fusedrnn::stack_keep_mask<T>(*st, l);
+    if (!keep) {
+      out.append(py::none());
+      continue;
+    }
+    py::array_t<bool> m({cfg.steps, cfg.batch, cfg.dirs * c.R()});
+    std::memcpy(m.mutable_data(), keep, n);
+    out.append(m);
+  }
+  return out;
+}
+
 py::dict config() {
   py::dict d;
   d["version"] = FUSEDRNN_VERSION;
@@ -384,6 +695,29 @@ PYBIND11_MODULE(_C, m) {
         "One layer, one direction. Returns (y, h_n, c_n or None, ctx or None).");
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "BPTT for a training forward. Returns a dict of gradients.");
+  py::class_<StackContext, std::shared_ptr<StackContext>>(
+      m, "StackContext", "What stack_backward needs from a training stack_forward.")
+      .def_property_readonly("kind", [](const StackContext& c) { return kind_name(c.cfg.kind); })
+      .def_property_readonly("dtype", [](const StackContext& c) { return c.dtype; })
+      .def_property_readonly("num_layers", [](const StackContext& c) { return c.cfg.layers; })
+      .def_property_readonly("bidirectional", [](const StackContext& c) { return c.cfg.dirs == 2; })
+      .def_property_readonly("batch_first", [](const StackContext& c) { return c.cfg.batch_first; })
+      .def_property_readonly("param_names", [](const StackContext& c) { return c.names; })
+      .def_property_readonly(
+          "keep_masks",
+          [](const StackContext& c) {
+            return c.dtype.equal(py::dtype::of<float>()) ? keep_masks_typed<float>(c)
+                                                        : keep_masks_typed<double>(c);
+          },
+          "Dropout keep-masks after each layer but the last, (T, B, D*R) time-major bools "
+          "(None where no dropout was applied).");
+  m.def("stack_forward", &stack_forward, py::arg("kind"), py::arg("x"), py::arg("params"),
+        py::arg("num_layers"), py::arg("bidirectional"), py::arg("h0"), py::arg("c0"),
+        py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"), py::arg("seed"),
+        py::arg("training"), "Whole stack. Returns (y, h_n, c_n or None, ctx or None).");
+  m.def("stack_backward", &stack_backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("grads"),
+        "BPTT through a stack. Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fusedrnn::get_num_threads);
   m.def("config", &config);

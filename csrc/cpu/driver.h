@@ -62,13 +62,15 @@ inline int64_t max_length(const int64_t* lengths, int64_t B, int64_t T) {
 // Per-step pointwise work is parallel only when there is enough of it to pay for a fork/join.
 inline bool worth_parallel(int64_t work) { return work >= 8192; }
 
-// Zeroes rows (te, b) with te >= L_b of a (T, B, width) array: the never-written padding.
+// Zeroes rows (te, b) with te >= L_b of a (T, B, ld) array, columns [0, width): the
+// never-written padding.
 template <class T>
-void zero_padding(T* a, int64_t width, const StepMap& m, int64_t B) {
+void zero_padding(T* a, int64_t width, const StepMap& m, int64_t B, int64_t ld = 0) {
   if (!a || !m.lengths) return;
+  if (ld == 0) ld = width;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t te = m.len(b); te < m.steps; ++te)
-      std::memset(a + (te * B + b) * width, 0, sizeof(T) * width);
+      std::memset(a + (te * B + b) * ld, 0, sizeof(T) * width);
 }
 
 template <class Cell, class T>
@@ -81,6 +83,7 @@ void forward(const ForwardParams<T>& p) {
   const bool proj = P > 0;
   const int nt = get_num_threads();
   const StepMap map{p.lengths, Tn, p.reverse};
+  const int64_t ld_y = p.ld_y ? p.ld_y : R;
 
   int64_t o_xp = Tn * B * GH, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R, o_c = B * H,
           o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
@@ -175,7 +178,7 @@ void forward(const ForwardParams<T>& p) {
         continue;
       }
       const int64_t row = map.time(s, b) * B + b;
-      std::memcpy(p.y + row * R, h_next + b * R, sizeof(T) * R);
+      std::memcpy(p.y + row * ld_y, h_next + b * R, sizeof(T) * R);
       if (training) {
         std::memcpy(p.h_prev + row * R, h_cur + b * R, sizeof(T) * R);
         if (proj) std::memcpy(p.proj_in + row * H, out + b * H, sizeof(T) * H);
@@ -184,7 +187,7 @@ void forward(const ForwardParams<T>& p) {
     std::swap(h_cur, h_next);
   }
 
-  zero_padding(p.y, R, map, B);
+  zero_padding(p.y, R, map, B, ld_y);
   if (training) {
     zero_padding(p.saved, S * H, map, B);
     zero_padding(p.h_prev, R, map, B);
@@ -203,6 +206,9 @@ void backward(const BackwardParams<T>& p) {
   const bool proj = P > 0;
   const int nt = get_num_threads();
   const StepMap map{p.lengths, Tn, p.reverse};
+  const int64_t ld_dy = p.ld_dy ? p.ld_dy : R;
+  const T beta_dx = p.accumulate_dx ? T(1) : T(0);
+  const T beta_w = p.accumulate_grads ? T(1) : T(0);
 
   int64_t o_dxp = TB * GH, o_dhp = Cell::kSplitGrad ? TB * GH : 0, o_step = B * GH,
           o_dh0 = B * R, o_dh1 = B * R, o_dc = B * H, o_dout = proj ? B * H : 0,
@@ -245,7 +251,7 @@ void backward(const BackwardParams<T>& p) {
       }
       const int64_t row = map.time(s, b) * B + b;
       if (p.dy) {
-        const T* dyr = p.dy + row * R;
+        const T* dyr = p.dy + row * ld_dy;
         for (int64_t k = 0; k < R; ++k) dh_cur[b * R + k] += dyr[k];
       }
       if (proj) {
@@ -307,22 +313,22 @@ void backward(const BackwardParams<T>& p) {
   if (Cell::kHasCellState && p.dc0) std::memcpy(p.dc0, dc, sizeof(T) * B * H);
 
   // Bulk GEMMs over all T*B rows.
-  gemm<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, T(0), p.dx, I);
-  gemm<T>(true, false, GH, I, TB, T(1), dxp, GH, p.x, I, T(0), p.dw_ih, I);
+  gemm<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, beta_dx, p.dx, I);
+  gemm<T>(true, false, GH, I, TB, T(1), dxp, GH, p.x, I, beta_w, p.dw_ih, I);
   if constexpr (Cell::kTwoPhase) {
     // Rows [0, 2H) of W_hh act on h_prev, rows [2H, 3H) on r h (saved value 3).
     const int64_t n0 = Cell::kPhase1Gates * H;
-    gemm<T>(true, false, n0, R, TB, T(1), dhp, GH, p.h_prev, R, T(0), p.dw_hh, R);
-    gemm<T>(true, false, H, H, TB, T(1), dhp + n0, GH, p.saved + 3 * H, S * H, T(0),
+    gemm<T>(true, false, n0, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
+    gemm<T>(true, false, H, H, TB, T(1), dhp + n0, GH, p.saved + 3 * H, S * H, beta_w,
             p.dw_hh + n0 * R, R);
   } else {
-    gemm<T>(true, false, GH, R, TB, T(1), dhp, GH, p.h_prev, R, T(0), p.dw_hh, R);
+    gemm<T>(true, false, GH, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
   }
-  if (proj) gemm<T>(true, false, P, H, TB, T(1), dproj, P, p.proj_in, H, T(0), p.dw_hr, H);
+  if (proj) gemm<T>(true, false, P, H, TB, T(1), dproj, P, p.proj_in, H, beta_w, p.dw_hr, H);
   if (p.db_ih || p.db_hh) {
     std::fill(ones, ones + TB, T(1));
-    if (p.db_ih) gemv_t<T>(TB, GH, T(1), dxp, GH, ones, T(0), p.db_ih);
-    if (p.db_hh) gemv_t<T>(TB, GH, T(1), dhp, GH, ones, T(0), p.db_hh);
+    if (p.db_ih) gemv_t<T>(TB, GH, T(1), dxp, GH, ones, beta_w, p.db_ih);
+    if (p.db_hh) gemv_t<T>(TB, GH, T(1), dhp, GH, ones, beta_w, p.db_hh);
   }
 }
 

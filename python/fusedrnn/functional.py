@@ -34,7 +34,10 @@ from __future__ import annotations
 from fusedrnn._loader import _C
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-           "gru_backward"]
+           "gru_backward", "stack_forward", "stack_backward", "MODES"]
+
+#: Stack modes (``gru`` also takes ``reset_after``).
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 _RNN_KINDS = {"tanh": _C.KIND_RNN_TANH, "relu": _C.KIND_RNN_RELU}
 
@@ -98,3 +101,47 @@ def gru_backward(ctx, dy=None, dh_n=None):
     """Gradients of :func:`gru_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
     _check_ctx(ctx, "gru_backward", ("gru", "gru_v1"))
     return _C.backward(ctx, dy, dh_n, None)
+
+
+def _stack_kind(mode, reset_after):
+    kinds = {"rnn_tanh": _C.KIND_RNN_TANH, "rnn_relu": _C.KIND_RNN_RELU, "lstm": _C.KIND_LSTM,
+             "gru": _C.KIND_GRU if reset_after else _C.KIND_GRU_V1}
+    if mode not in kinds:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return kinds[mode]
+
+
+def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None, c0=None,
+                  lengths=None, batch_first=False, dropout=0.0, seed=0, reset_after=True,
+                  training=True):
+    """A whole multi-layer, optionally bidirectional network in one native call, as
+    ``torch.nn.RNN/LSTM/GRU``.
+
+    ``mode``: one of :data:`MODES`. ``x``: (T, B, I), or (B, T, I) with ``batch_first``.
+    ``params``: dict keyed by PyTorch's names (``weight_ih_l0``, ``weight_hh_l0_reverse``,
+    ``bias_ih_l1``, ``weight_hr_l0``...; biases all present or all absent, ``weight_hr_*`` for an
+    LSTM with projection). ``h0``: (L*D, B, R); ``c0``: (L*D, B, H) (LSTM); ``lengths``: (B,) in
+    any order. ``dropout``: probability applied to every layer's output but the last when
+    ``training``; its masks are a pure function of ``seed`` (same seed, same masks).
+
+    Returns ``(y, h_n, c_n, ctx)``: y (T, B, D*R) (batch-first if asked), h_n (L*D, B, R),
+    c_n (L*D, B, H) or None, ctx (None unless ``training``). ``ctx.keep_masks`` holds the
+    dropout masks (time-major bools). ``ctx`` refers to ``x`` and the parameter arrays: do not
+    modify them in place before backward."""
+    seed = int(seed) & (2**64 - 1)
+    return _C.stack_forward(_stack_kind(mode, reset_after), x, params, num_layers,
+                            bidirectional, h0, c0, lengths, batch_first, float(dropout), seed,
+                            training)
+
+
+def stack_backward(ctx, dy=None, dh_n=None, dc_n=None, *, grads=None):
+    """BPTT through :func:`stack_forward`. ``dy`` like y, ``dh_n`` like h_n, ``dc_n`` like c_n
+    (each None for zero).
+
+    Returns ``(dx, dh0, dc0, grads)`` with ``grads`` keyed by PyTorch's parameter names. When a
+    ``grads`` dict of C-contiguous arrays is passed, gradients are *added* into it in place
+    (accumulation across calls) and that dict is returned."""
+    if not isinstance(ctx, _C.StackContext):
+        raise TypeError("stack_backward: ctx must be the context returned by stack_forward with "
+                        f"training=True, got {type(ctx).__name__}")
+    return _C.stack_backward(ctx, dy, dh_n, dc_n, grads)

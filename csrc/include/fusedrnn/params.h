@@ -43,7 +43,8 @@ template <class T>
 struct ForwardParams : LayerShape<T> {
   const T* h0 = nullptr;  // (B, R) or null: zeros
   const T* c0 = nullptr;  // (B, H) or null: zeros (LSTM)
-  T* y = nullptr;         // (T, B, R) out; zero past each length
+  T* y = nullptr;         // (T, B, ld_y) out, columns [0, R); zero past each length
+  int64_t ld_y = 0;       // row stride of y; 0 means R (a bidirectional stack writes 2R-wide rows)
   T* h_n = nullptr;       // (B, R) out
   T* c_n = nullptr;       // (B, H) out (LSTM)
   // Training mode saves these (all null in inference); rows past a sequence's length are zeroed.
@@ -57,7 +58,8 @@ struct BackwardParams : LayerShape<T> {
   const T* saved = nullptr;    // from the training forward
   const T* h_prev = nullptr;
   const T* proj_in = nullptr;
-  const T* dy = nullptr;       // (T, B, R) or null: zeros
+  const T* dy = nullptr;       // (T, B, ld_dy) or null: zeros; columns [0, R) are used
+  int64_t ld_dy = 0;           // row stride of dy; 0 means R
   const T* dh_n = nullptr;     // (B, R) or null
   const T* dc_n = nullptr;     // (B, H) or null
   T* dx = nullptr;             // (T, B, I) out
@@ -68,6 +70,8 @@ struct BackwardParams : LayerShape<T> {
   T* db_ih = nullptr;          // (G*H) out, null without bias
   T* db_hh = nullptr;          // (G*H) out
   T* dw_hr = nullptr;          // (P, H) out (projection)
+  bool accumulate_dx = false;     // dx += ... instead of dx = ... (second direction of a stack)
+  bool accumulate_grads = false;  // dW, db += ... (gradients accumulate across calls)
 };
 
 }  // namespace fusedrnn
