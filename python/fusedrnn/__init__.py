@@ -8,13 +8,15 @@ from importlib.metadata import PackageNotFoundError, version as _pkg_version
 
 from fusedrnn._loader import _C
 from fusedrnn import functional, reference
+from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 
 try:
     __version__ = _pkg_version("fusedrnn")
 except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
-__all__ = ["functional", "reference", "show_config", "config", "set_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
+           "functional", "reference", "show_config", "config", "set_num_threads",
            "get_num_threads", "__version__"]
 
 
