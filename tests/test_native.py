@@ -219,3 +219,22 @@ def test_thread_counts_agree(threads):
         compare(case, np.float64, np.array([6, 3] * 8), False, f"lstm threads={threads}")
     finally:
         fusedrnn.set_num_threads(old)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("ragged,reverse", [(False, False), (True, False), (True, True)])
+def test_native_threaded_time_loop(cell, dt, ragged, reverse):
+    """H = 70 gives two loop threads (>= 32 units each), with uneven unit and projection
+    (P = 36) blocks; the sweep above (H <= 33) runs the loop on one thread."""
+    import fusedrnn
+    dtype = np.float32 if dt == "f32" else np.float64
+    old = fusedrnn.get_num_threads()
+    try:
+        fusedrnn.set_num_threads(2)
+        rng = np.random.default_rng(zlib.crc32(f"threaded-{cell}-{seed}".encode()))
+        case = make_case(cell, 7, 5, 9, 70, dtype, rng)
+        lengths = np.array([7, 2, 1, 7, 4]) if ragged else None
+        compare(case, dtype, lengths, reverse, f"{cell} threaded {dt}")
+    finally:
+        fusedrnn.set_num_threads(old)

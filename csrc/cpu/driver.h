@@ -9,7 +9,8 @@
 // Every array indexed by time (saved values, dXP, ...) uses row te*B + b. At step s sequence b
 // is active iff s < L_b and then processes time te = s (forward) or L_b - 1 - s (reverse), so
 // both directions start together and inactive sequences simply keep their state.
-// The persistent-thread time loop is a later optimisation; this is the reference structure.
+// The time loop is one persistent OpenMP region per call (see forward()); packing W_hh once per
+// weight update and SIMD micro-kernels instead of BLAS calls per step are later optimisations.
 #include <omp.h>
 
 #include <algorithm>
@@ -59,9 +60,6 @@ inline int64_t max_length(const int64_t* lengths, int64_t B, int64_t T) {
   return m;
 }
 
-// Per-step pointwise work is parallel only when there is enough of it to pay for a fork/join.
-inline bool worth_parallel(int64_t work) { return work >= 8192; }
-
 // Zeroes rows (te, b) with te >= L_b of a (T, B, ld) array, columns [0, width): the
 // never-written padding.
 template <class T>
@@ -73,130 +71,184 @@ void zero_padding(T* a, int64_t width, const StepMap& m, int64_t B, int64_t ld =
       std::memset(a + (te * B + b) * ld, 0, sizeof(T) * width);
 }
 
+// Threads for the time loop: each owns a block of at least 32 hidden units.
+inline int loop_threads(int64_t H) {
+  return (int)std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), H / 32));
+}
+
+inline void split_range(int64_t n, int parts, int idx, int64_t& lo, int64_t& hi) {
+  const int64_t base = n / parts, rem = n % parts;
+  lo = idx * base + std::min<int64_t>(idx, rem);
+  hi = lo + base + (idx < rem ? 1 : 0);
+}
+
+// The hidden units [j0, j1) and recurrent columns [q0, q1) a loop thread owns (the columns are
+// the units without projection, a block of the P projected columns with it).
+struct Slice {
+  int64_t j0, j1, q0, q1;
+  Slice(int64_t H, int64_t P, int nt, int t) {
+    split_range(H, nt, t, j0, j1);
+    if (P > 0) split_range(P, nt, t, q0, q1);
+    else q0 = j0, q1 = j1;
+  }
+  int64_t units() const { return j1 - j0; }
+  int64_t cols() const { return q1 - q0; }
+};
+
+template <class T>
+void add_bias_rows(T* a, const T* bias, int64_t rows, int64_t cols) {
+  const int nt = get_num_threads();
+#pragma omp parallel for num_threads(nt) if (rows * cols >= (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = a + r * cols;
+    for (int64_t k = 0; k < cols; ++k) row[k] += bias[k];
+  }
+}
+
+// Forward. The time loop is one OpenMP region: each thread owns a block of hidden units with
+// the W_hh rows of all their gates packed contiguously, computes its slice of h W_hh^T with a
+// single-threaded BLAS call, applies the cell, and meets the others at one barrier per step
+// (two with a projection or the two-phase GRU).
 template <class Cell, class T>
 void forward(const ForwardParams<T>& p) {
   constexpr int G = Cell::kGates;
+  constexpr int G1 = Cell::kPhase1Gates;  // gate blocks whose W_hh rows act on h directly
   constexpr int S = Cell::kSaved;
   const int64_t Tn = p.steps, B = p.batch, I = p.input, H = p.hidden, P = p.proj;
   const int64_t R = p.recurrent(), GH = G * H;
   const bool training = p.saved != nullptr;
   const bool proj = P > 0;
-  const int nt = get_num_threads();
   const StepMap map{p.lengths, Tn, p.reverse};
   const int64_t ld_y = p.ld_y ? p.ld_y : R;
+  const int nt = loop_threads(H);
 
-  int64_t o_xp = Tn * B * GH, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R, o_c = B * H,
-          o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
+  int64_t o_xp = Tn * B * GH, o_wp = G1 * H * R, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
+          o_c = B * H, o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
           o_sv = training ? 0 : B * S * H;
-  Workspace<T> ws({&o_xp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv});
+  Workspace<T> ws({&o_xp, &o_wp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv});
   T* xp = ws.at(o_xp);
+  T* wpack = ws.at(o_wp);
   T* hp = ws.at(o_hp);
-  T* h_cur = ws.at(o_h0);
-  T* h_next = ws.at(o_h1);
+  T* hbuf[2] = {ws.at(o_h0), ws.at(o_h1)};
   T* c = ws.at(o_c);
   T* out = ws.at(o_out);
   T* rh = ws.at(o_rh);
   T* sv_scratch = ws.at(o_sv);
 
   // Input projection over all T*B rows.
-  gemm<T>(false, true, Tn * B, GH, I, T(1), p.x, I, p.w_ih, I, T(0), xp, GH);
-  if (p.b_ih) {
-#pragma omp parallel for num_threads(nt) if (worth_parallel(Tn * B * GH))
-    for (int64_t row = 0; row < Tn * B; ++row) {
-      T* r = xp + row * GH;
-      for (int64_t k = 0; k < GH; ++k) r[k] += p.b_ih[k];
-    }
-  }
+  gemm_par<T>(false, true, Tn * B, GH, I, T(1), p.x, I, p.w_ih, I, T(0), xp, GH);
+  if (p.b_ih) add_bias_rows(xp, p.b_ih, Tn * B, GH);
 
-  if (p.h0) std::memcpy(h_cur, p.h0, sizeof(T) * B * R);
-  else std::fill(h_cur, h_cur + B * R, T(0));
+  if (p.h0) std::memcpy(hbuf[0], p.h0, sizeof(T) * B * R);
+  else std::fill(hbuf[0], hbuf[0] + B * R, T(0));
   if (Cell::kHasCellState) {
     if (p.c0) std::memcpy(c, p.c0, sizeof(T) * B * H);
     else std::fill(c, c + B * H, T(0));
   }
   if (proj) std::fill(out, out + B * H, T(0));
   if (Cell::kTwoPhase) std::fill(rh, rh + B * H, T(0));
-
   const int64_t steps = max_length(p.lengths, B, Tn);
-  const bool par = worth_parallel(B * GH);
-  const int64_t hp_cols = Cell::kTwoPhase ? Cell::kPhase1Gates * H : GH;
 
-  // Gathers the unit's gate pre-activations (input and recurrent part, with both biases).
-  auto gather = [&](int64_t te, int64_t b, int64_t j, T* ax, T* ah, int gates) {
-    const T* xrow = xp + (te * B + b) * GH;
-    const T* hrow = hp + b * GH;
-    for (int g = 0; g < gates; ++g) {
-      ax[g] = xrow[g * H + j];
-      ah[g] = hrow[g * H + j] + (p.b_hh ? p.b_hh[g * H + j] : T(0));
-    }
-  };
-  auto saved_at = [&](int64_t te, int64_t b) -> T* {
-    return training ? p.saved + (te * B + b) * S * H : sv_scratch + b * S * H;
-  };
+#pragma omp parallel num_threads(nt)
+  {
+    const Slice sl(H, P, nt, omp_get_thread_num());
+    const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
+    // This thread's W_hh rows, gate-major: packed row g*nj + (j - j0) is W_hh row g*H + j.
+    T* wp = wpack + G1 * j0 * R;
+    for (int g = 0; g < G1; ++g)
+      for (int64_t j = j0; j < j1; ++j)
+        std::memcpy(wp + (g * nj + j - j0) * R, p.w_hh + (g * H + j) * R, sizeof(T) * R);
+    T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's recurrent pre-activations
+    const int64_t ldh = G * nj;
+    T* h_cur = hbuf[0];
+    T* h_next = hbuf[1];
 
-  for (int64_t s = 0; s < steps; ++s) {
-    gemm<T>(false, true, B, hp_cols, R, T(1), h_cur, R, p.w_hh, R, T(0), hp, GH);
+    auto gather = [&](int64_t te, int64_t b, int64_t j, T* ax, T* ah, int gates) {
+      const T* xrow = xp + (te * B + b) * GH;
+      const T* hrow = hpt + b * ldh + (j - j0);
+      for (int g = 0; g < gates; ++g) {
+        ax[g] = xrow[g * H + j];
+        ah[g] = hrow[g * nj] + (p.b_hh ? p.b_hh[g * H + j] : T(0));
+      }
+    };
+    auto saved_at = [&](int64_t te, int64_t b) -> T* {
+      return training ? p.saved + (te * B + b) * S * H : sv_scratch + b * S * H;
+    };
 
-    if constexpr (Cell::kTwoPhase) {
-#pragma omp parallel for num_threads(nt) if (par)
+    for (int64_t s = 0; s < steps; ++s) {
+      gemm<T>(false, true, B, G1 * nj, R, T(1), h_cur, R, wp, R, T(0), hpt, ldh);
+
+      if constexpr (Cell::kTwoPhase) {
+        for (int64_t b = 0; b < B; ++b) {
+          if (!map.active(s, b)) continue;
+          const int64_t te = map.time(s, b);
+          T* sv = saved_at(te, b);
+          for (int64_t j = j0; j < j1; ++j) {
+            T ax[G], ah[G];
+            gather(te, b, j, ax, ah, G1);
+            rh[b * H + j] = Cell::gates(ax, ah, h_cur[b * R + j], sv + j, H);
+          }
+        }
+#pragma omp barrier
+        // W_hh rows [G1*H + j0, G1*H + j1) (the n block of this thread's units) act on r h.
+        gemm<T>(false, true, B, nj, H, T(1), rh, H, p.w_hh + (G1 * H + j0) * R, R, T(0),
+                hpt + G1 * nj, ldh);
+      }
+
       for (int64_t b = 0; b < B; ++b) {
         if (!map.active(s, b)) continue;
         const int64_t te = map.time(s, b);
         T* sv = saved_at(te, b);
-        for (int64_t j = 0; j < H; ++j) {
+        T* dst = proj ? out + b * H : h_next + b * R;
+        for (int64_t j = j0; j < j1; ++j) {
           T ax[G], ah[G];
-          gather(te, b, j, ax, ah, Cell::kPhase1Gates);
-          rh[b * H + j] = Cell::gates(ax, ah, h_cur[b * R + j], sv + j, H);
+          gather(te, b, j, ax, ah, G);
+          // h_prev of the same unit exists only without projection (R == H): GRU's z h path.
+          const T hprev = proj ? T(0) : h_cur[b * R + j];
+          T cj = Cell::kHasCellState ? c[b * H + j] : T(0);
+          dst[j] = Cell::forward(ax, ah, hprev, cj, sv + j, H);
+          if (Cell::kHasCellState) c[b * H + j] = cj;
         }
       }
-      const int64_t n0 = Cell::kPhase1Gates * H;
-      gemm<T>(false, true, B, H, H, T(1), rh, H, p.w_hh + n0 * R, R, T(0), hp + n0, GH);
-    }
 
-#pragma omp parallel for num_threads(nt) if (par)
-    for (int64_t b = 0; b < B; ++b) {
-      if (!map.active(s, b)) continue;
-      const int64_t te = map.time(s, b);
-      T* sv = saved_at(te, b);
-      T* dst = proj ? out + b * H : h_next + b * R;
-      for (int64_t j = 0; j < H; ++j) {
-        T ax[G], ah[G];
-        gather(te, b, j, ax, ah, G);
-        // h_prev of the same unit only exists without projection (R == H): GRU's z h path.
-        const T hprev = proj ? T(0) : h_cur[b * R + j];
-        T cj = Cell::kHasCellState ? c[b * H + j] : T(0);
-        dst[j] = Cell::forward(ax, ah, hprev, cj, sv + j, H);
-        if (Cell::kHasCellState) c[b * H + j] = cj;
+      if (proj) {
+#pragma omp barrier
+        if (q1 > q0)
+          gemm<T>(false, true, B, q1 - q0, H, T(1), out, H, p.w_hr + q0 * H, H, T(0),
+                  h_next + q0, R);
       }
-    }
 
-    if (proj) gemm<T>(false, true, B, P, H, T(1), out, H, p.w_hr, H, T(0), h_next, R);
-
-    for (int64_t b = 0; b < B; ++b) {
-      if (!map.active(s, b)) {
-        std::memcpy(h_next + b * R, h_cur + b * R, sizeof(T) * R);  // frozen past its length
-        continue;
+      // This thread's columns: outputs, saved state, frozen sequences.
+      for (int64_t b = 0; b < B; ++b) {
+        if (!map.active(s, b)) {
+          std::memcpy(h_next + b * R + q0, h_cur + b * R + q0, sizeof(T) * (q1 - q0));
+          continue;
+        }
+        const int64_t row = map.time(s, b) * B + b;
+        std::memcpy(p.y + row * ld_y + q0, h_next + b * R + q0, sizeof(T) * (q1 - q0));
+        if (training) {
+          std::memcpy(p.h_prev + row * R + q0, h_cur + b * R + q0, sizeof(T) * (q1 - q0));
+          if (proj) std::memcpy(p.proj_in + row * H + j0, out + b * H + j0, sizeof(T) * nj);
+        }
       }
-      const int64_t row = map.time(s, b) * B + b;
-      std::memcpy(p.y + row * ld_y, h_next + b * R, sizeof(T) * R);
-      if (training) {
-        std::memcpy(p.h_prev + row * R, h_cur + b * R, sizeof(T) * R);
-        if (proj) std::memcpy(p.proj_in + row * H, out + b * H, sizeof(T) * H);
-      }
+#pragma omp barrier
+      std::swap(h_cur, h_next);
     }
-    std::swap(h_cur, h_next);
   }
 
+  const T* h_final = hbuf[steps % 2];
   zero_padding(p.y, R, map, B, ld_y);
   if (training) {
     zero_padding(p.saved, S * H, map, B);
     zero_padding(p.h_prev, R, map, B);
     if (proj) zero_padding(p.proj_in, H, map, B);
   }
-  std::memcpy(p.h_n, h_cur, sizeof(T) * B * R);
+  std::memcpy(p.h_n, h_final, sizeof(T) * B * R);
   if (Cell::kHasCellState && p.c_n) std::memcpy(p.c_n, c, sizeof(T) * B * H);
 }
 
+// Backward. Per step only the pointwise backward and dG W_hh, in one OpenMP region like the
+// forward; dX, dW_ih, dW_hh, dW_hr and the bias sums are bulk GEMMs after the loop.
 template <class Cell, class T>
 void backward(const BackwardParams<T>& p) {
   constexpr int G = Cell::kGates;
@@ -204,22 +256,21 @@ void backward(const BackwardParams<T>& p) {
   const int64_t Tn = p.steps, B = p.batch, I = p.input, H = p.hidden, P = p.proj;
   const int64_t R = p.recurrent(), GH = G * H, TB = Tn * B;
   const bool proj = P > 0;
-  const int nt = get_num_threads();
   const StepMap map{p.lengths, Tn, p.reverse};
   const int64_t ld_dy = p.ld_dy ? p.ld_dy : R;
   const T beta_dx = p.accumulate_dx ? T(1) : T(0);
   const T beta_w = p.accumulate_grads ? T(1) : T(0);
+  const int nt = loop_threads(H);
 
   int64_t o_dxp = TB * GH, o_dhp = Cell::kSplitGrad ? TB * GH : 0, o_step = B * GH,
           o_dh0 = B * R, o_dh1 = B * R, o_dc = B * H, o_dout = proj ? B * H : 0,
           o_dproj = proj ? TB * P : 0, o_drh = Cell::kTwoPhase ? B * H : 0, o_ones = TB;
   Workspace<T> ws({&o_dxp, &o_dhp, &o_step, &o_dh0, &o_dh1, &o_dc, &o_dout, &o_dproj, &o_drh,
                    &o_ones});
-  T* dxp = ws.at(o_dxp);                               // d(input pre-activations), by time
-  T* dhp = Cell::kSplitGrad ? ws.at(o_dhp) : dxp;      // d(recurrent pre-activations), by time
-  T* dstep = ws.at(o_step);                            // this step's d(recurrent pre-act.), (B, GH)
-  T* dh_cur = ws.at(o_dh0);
-  T* dh_next = ws.at(o_dh1);
+  T* dxp = ws.at(o_dxp);                           // d(input pre-activations), by time
+  T* dhp = Cell::kSplitGrad ? ws.at(o_dhp) : dxp;  // d(recurrent pre-activations), by time
+  T* dstep = ws.at(o_step);                        // this step's d(recurrent pre-act.), (B, GH)
+  T* dhbuf[2] = {ws.at(o_dh0), ws.at(o_dh1)};
   T* dc = ws.at(o_dc);
   T* dout = ws.at(o_dout);
   T* dproj = ws.at(o_dproj);
@@ -229,106 +280,120 @@ void backward(const BackwardParams<T>& p) {
   zero_padding(dxp, GH, map, B);
   if (Cell::kSplitGrad) zero_padding(dhp, GH, map, B);
   if (proj) zero_padding(dproj, P, map, B);
-  if (p.dh_n) std::memcpy(dh_cur, p.dh_n, sizeof(T) * B * R);
-  else std::fill(dh_cur, dh_cur + B * R, T(0));
+  if (p.dh_n) std::memcpy(dhbuf[0], p.dh_n, sizeof(T) * B * R);
+  else std::fill(dhbuf[0], dhbuf[0] + B * R, T(0));
   if (Cell::kHasCellState) {
     if (p.dc_n) std::memcpy(dc, p.dc_n, sizeof(T) * B * H);
     else std::fill(dc, dc + B * H, T(0));
   }
-
   const int64_t steps = max_length(p.lengths, B, Tn);
-  const bool par = worth_parallel(B * GH);
-  const int64_t k_rec = Cell::kTwoPhase ? Cell::kPhase1Gates * H : GH;
+  const int64_t k_rec = Cell::kPhase1Gates * H;  // W_hh rows acting on h_prev directly
 
-  for (int64_t s = steps - 1; s >= 0; --s) {
-    // Total gradient reaching each active state: from the later step and from y.
-    for (int64_t b = 0; b < B; ++b) {
-      if (!map.active(s, b)) {
-        // Frozen state: the gradient passes through; no recurrent contribution.
-        std::fill(dstep + b * GH, dstep + (b + 1) * GH, T(0));
-        std::memcpy(dh_next + b * R, dh_cur + b * R, sizeof(T) * R);
-        continue;
-      }
-      const int64_t row = map.time(s, b) * B + b;
-      if (p.dy) {
-        const T* dyr = p.dy + row * ld_dy;
-        for (int64_t k = 0; k < R; ++k) dh_cur[b * R + k] += dyr[k];
+#pragma omp parallel num_threads(nt)
+  {
+    const Slice sl(H, P, nt, omp_get_thread_num());
+    const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
+    T* dh_cur = dhbuf[0];
+    T* dh_next = dhbuf[1];
+
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      // This thread's recurrent columns: the total gradient reaching each state.
+      for (int64_t b = 0; b < B; ++b) {
+        T* dcur = dh_cur + b * R;
+        if (!map.active(s, b)) {  // frozen state: the gradient passes through
+          std::memcpy(dh_next + b * R + q0, dcur + q0, sizeof(T) * (q1 - q0));
+          continue;
+        }
+        const int64_t row = map.time(s, b) * B + b;
+        if (p.dy) {
+          const T* dyr = p.dy + row * ld_dy;
+          for (int64_t q = q0; q < q1; ++q) dcur[q] += dyr[q];
+        }
+        if (proj) {
+          std::memcpy(dproj + row * P + q0, dcur + q0, sizeof(T) * (q1 - q0));
+          std::fill(dh_next + b * R + q0, dh_next + b * R + q1, T(0));
+        }
       }
       if (proj) {
-        std::memcpy(dproj + row * P, dh_cur + b * R, sizeof(T) * P);
-        std::fill(dh_next + b * R, dh_next + (b + 1) * R, T(0));
+#pragma omp barrier
+        gemm<T>(false, false, B, nj, P, T(1), dh_cur, R, p.w_hr + j0, H, T(0), dout + j0, H);
       }
-    }
-    if (proj) gemm<T>(false, false, B, H, P, T(1), dh_cur, R, p.w_hr, H, T(0), dout, H);
 
-#pragma omp parallel for num_threads(nt) if (par)
-    for (int64_t b = 0; b < B; ++b) {
-      if (!map.active(s, b)) continue;
-      const int64_t row = map.time(s, b) * B + b;
-      const T* sv = p.saved + row * S * H;
-      T* dx_row = dxp + row * GH;
-      T* dh_row = dhp + row * GH;
-      for (int64_t j = 0; j < H; ++j) {
-        const T d = proj ? dout[b * H + j] : dh_cur[b * R + j];
-        const T hprev = proj ? T(0) : p.h_prev[row * R + j];
-        T dcj = Cell::kHasCellState ? dc[b * H + j] : T(0);
-        T dax[G], dah[G], direct;
-        Cell::backward(sv + j, H, d, hprev, dcj, dax, dah, direct);
-        if (Cell::kHasCellState) dc[b * H + j] = dcj;
-        for (int g = 0; g < G; ++g) {
-          if (Cell::kTwoPhase && g == 0) continue;  // d(a_r) comes in phase 2
-          dx_row[g * H + j] = dax[g];
-          const T dr = Cell::kSplitGrad ? dah[g] : dax[g];
-          if (Cell::kSplitGrad) dh_row[g * H + j] = dr;
-          dstep[b * GH + g * H + j] = dr;
-        }
-        if (!proj) dh_next[b * R + j] = direct;
-      }
-    }
-
-    if constexpr (Cell::kTwoPhase) {
-      // d(r h) = d(a_n) W_hn, then d(a_r) and the path through r h to h_prev.
-      const int64_t n0 = Cell::kPhase1Gates * H;
-      gemm<T>(false, false, B, H, H, T(1), dstep + n0, GH, p.w_hh + n0 * R, R, T(0), drh, H);
-#pragma omp parallel for num_threads(nt) if (par)
       for (int64_t b = 0; b < B; ++b) {
-        if (!map.active(s, b)) continue;
+        if (!map.active(s, b)) {
+          for (int g = 0; g < G; ++g)
+            std::fill(dstep + b * GH + g * H + j0, dstep + b * GH + g * H + j1, T(0));
+          continue;
+        }
         const int64_t row = map.time(s, b) * B + b;
         const T* sv = p.saved + row * S * H;
-        for (int64_t j = 0; j < H; ++j) {
-          T dar, direct = dh_next[b * R + j];
-          Cell::backward_reset(sv + j, H, drh[b * H + j], p.h_prev[row * R + j], dar, direct);
-          dxp[row * GH + j] = dar;
-          dstep[b * GH + j] = dar;
-          dh_next[b * R + j] = direct;
+        T* dx_row = dxp + row * GH;
+        T* dh_row = dhp + row * GH;
+        for (int64_t j = j0; j < j1; ++j) {
+          const T d = proj ? dout[b * H + j] : dh_cur[b * R + j];
+          const T hprev = proj ? T(0) : p.h_prev[row * R + j];
+          T dcj = Cell::kHasCellState ? dc[b * H + j] : T(0);
+          T dax[G], dah[G], direct;
+          Cell::backward(sv + j, H, d, hprev, dcj, dax, dah, direct);
+          if (Cell::kHasCellState) dc[b * H + j] = dcj;
+          for (int g = 0; g < G; ++g) {
+            if (Cell::kTwoPhase && g == 0) continue;  // d(a_r) comes in phase 2
+            dx_row[g * H + j] = dax[g];
+            const T dr = Cell::kSplitGrad ? dah[g] : dax[g];
+            if (Cell::kSplitGrad) dh_row[g * H + j] = dr;
+            dstep[b * GH + g * H + j] = dr;
+          }
+          if (!proj) dh_next[b * R + j] = direct;
         }
       }
-    }
 
-    gemm<T>(false, false, B, R, k_rec, T(1), dstep, GH, p.w_hh, R, T(1), dh_next, R);
-    std::swap(dh_cur, dh_next);
+      if constexpr (Cell::kTwoPhase) {
+        // d(r h) = d(a_n) W_hn (all units' d(a_n) needed), then d(a_r) and the r h path.
+#pragma omp barrier
+        gemm<T>(false, false, B, nj, H, T(1), dstep + k_rec, GH, p.w_hh + k_rec * R + j0, R,
+                T(0), drh + j0, H);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!map.active(s, b)) continue;
+          const int64_t row = map.time(s, b) * B + b;
+          const T* sv = p.saved + row * S * H;
+          for (int64_t j = j0; j < j1; ++j) {
+            T dar, direct = dh_next[b * R + j];
+            Cell::backward_reset(sv + j, H, drh[b * H + j], p.h_prev[row * R + j], dar, direct);
+            dxp[row * GH + j] = dar;
+            dstep[b * GH + j] = dar;
+            dh_next[b * R + j] = direct;
+          }
+        }
+      }
+#pragma omp barrier
+      // dh_prev[:, q0:q1] += dstep W_hh[:, q0:q1]
+      if (q1 > q0)
+        gemm<T>(false, false, B, q1 - q0, k_rec, T(1), dstep, GH, p.w_hh + q0, R, T(1),
+                dh_next + q0, R);
+#pragma omp barrier
+      std::swap(dh_cur, dh_next);
+    }
   }
 
-  std::memcpy(p.dh0, dh_cur, sizeof(T) * B * R);
+  std::memcpy(p.dh0, dhbuf[steps % 2], sizeof(T) * B * R);
   if (Cell::kHasCellState && p.dc0) std::memcpy(p.dc0, dc, sizeof(T) * B * H);
 
   // Bulk GEMMs over all T*B rows.
-  gemm<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, beta_dx, p.dx, I);
-  gemm<T>(true, false, GH, I, TB, T(1), dxp, GH, p.x, I, beta_w, p.dw_ih, I);
+  gemm_par<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, beta_dx, p.dx, I);
+  gemm_par<T>(true, false, GH, I, TB, T(1), dxp, GH, p.x, I, beta_w, p.dw_ih, I);
   if constexpr (Cell::kTwoPhase) {
     // Rows [0, 2H) of W_hh act on h_prev, rows [2H, 3H) on r h (saved value 3).
-    const int64_t n0 = Cell::kPhase1Gates * H;
-    gemm<T>(true, false, n0, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
-    gemm<T>(true, false, H, H, TB, T(1), dhp + n0, GH, p.saved + 3 * H, S * H, beta_w,
-            p.dw_hh + n0 * R, R);
+    gemm_par<T>(true, false, k_rec, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
+    gemm_par<T>(true, false, H, H, TB, T(1), dhp + k_rec, GH, p.saved + 3 * H, S * H, beta_w,
+                p.dw_hh + k_rec * R, R);
   } else {
-    gemm<T>(true, false, GH, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
+    gemm_par<T>(true, false, GH, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);
   }
-  if (proj) gemm<T>(true, false, P, H, TB, T(1), dproj, P, p.proj_in, H, beta_w, p.dw_hr, H);
+  if (proj) gemm_par<T>(true, false, P, H, TB, T(1), dproj, P, p.proj_in, H, beta_w, p.dw_hr, H);
   if (p.db_ih || p.db_hh) {
     std::fill(ones, ones + TB, T(1));
-    if (p.db_ih) gemv_t<T>(TB, GH, T(1), dxp, GH, ones, beta_w, p.db_ih);
-    if (p.db_hh) gemv_t<T>(TB, GH, T(1), dhp, GH, ones, beta_w, p.db_hh);
+    if (p.db_ih) gemv_t_par<T>(TB, GH, T(1), dxp, GH, ones, beta_w, p.db_ih);
+    if (p.db_hh) gemv_t_par<T>(TB, GH, T(1), dhp, GH, ones, beta_w, p.db_hh);
   }
 }
 

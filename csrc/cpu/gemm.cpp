@@ -1,6 +1,11 @@
 #include "cpu/gemm.h"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "fusedrnn/api.h"
 
 namespace fusedrnn {
 namespace {
@@ -55,6 +60,65 @@ void gemv_t(int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T* x, 
   blas_gemv(CblasTrans, (blasint)M, (blasint)N, alpha, A, (blasint)lda, x, beta, y);
 }
 
+namespace {
+inline void split(int64_t n, int parts, int idx, int64_t& lo, int64_t& hi) {
+  const int64_t base = n / parts, rem = n % parts;
+  lo = idx * base + std::min<int64_t>(idx, rem);
+  hi = lo + base + (idx < rem ? 1 : 0);
+}
+// Below this many multiply-adds a fork/join costs more than it saves.
+constexpr double kParallelMacs = 1 << 18;
+}  // namespace
+
+template <class T>
+void gemm_par(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+              int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int nt = omp_in_parallel() ? 1 : get_num_threads();
+  if (nt == 1 || double(M) * N * K < kParallelMacs) {
+    gemm<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  const bool by_rows = M >= N;
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t lo, hi;
+    split(by_rows ? M : N, nt, omp_get_thread_num(), lo, hi);
+    if (hi > lo) {
+      if (by_rows) {
+        const T* a = trans_a ? A + lo : A + lo * lda;
+        gemm<T>(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc);
+      } else {
+        const T* b = trans_b ? B + lo * ldb : B + lo;
+        gemm<T>(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+      }
+    }
+  }
+}
+
+template <class T>
+void gemv_t_par(int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T* x, T beta,
+                T* y) {
+  const int nt = omp_in_parallel() ? 1 : get_num_threads();
+  if (nt == 1 || double(M) * N < kParallelMacs) {
+    gemv_t<T>(M, N, alpha, A, lda, x, beta, y);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t lo, hi;
+    split(N, nt, omp_get_thread_num(), lo, hi);
+    if (hi > lo) gemv_t<T>(M, hi - lo, alpha, A + lo, lda, x, beta, y + lo);
+  }
+}
+
+template void gemm_par<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
+                              int64_t, const float*, int64_t, float, float*, int64_t);
+template void gemm_par<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
+                               int64_t, const double*, int64_t, double, double*, int64_t);
+template void gemv_t_par<float>(int64_t, int64_t, float, const float*, int64_t, const float*,
+                                float, float*);
+template void gemv_t_par<double>(int64_t, int64_t, double, const double*, int64_t,
+                                 const double*, double, double*);
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,

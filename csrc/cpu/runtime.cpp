@@ -17,8 +17,9 @@ void set_num_threads(int n) {
   FUSEDRNN_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
   g_threads.store(n);
   omp_set_num_threads(n);
-  // OpenBLAS and our OpenMP regions run one after the other, never nested: same count.
-  scipy_openblas_set_num_threads(n);
+  // The BLAS runs single-threaded inside our OpenMP threads (cpu/gemm.h): its own pthread pool
+  // never starts, so the two runtimes never compete for the cores.
+  scipy_openblas_set_num_threads(1);
 }
 
 int get_num_threads() {

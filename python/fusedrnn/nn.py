@@ -159,6 +159,7 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        """The layer's computation; subclasses define it (``module(x)`` calls it)."""
         raise NotImplementedError
 
     # -- mode
@@ -211,6 +212,7 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self):
+        """The text inside ``repr(module)``'s parentheses."""
         return ""
 
 
@@ -240,6 +242,7 @@ class Linear(Module):
 
     @property
     def has_bias(self):
+        """True when the layer has a ``bias`` parameter."""
         return "bias" in self._parameters
 
     def reset_parameters(self, rng=None, seed=None):
@@ -284,6 +287,7 @@ class Linear(Module):
         return dy @ self.weight
 
     def extra_repr(self):
+        """Sizes, bias and dtype, for ``repr``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.has_bias}, dtype={self.dtype.name}")
 
@@ -356,6 +360,7 @@ class Embedding(Module):
         return None
 
     def extra_repr(self):
+        """Sizes, padding_idx and dtype, for ``repr``."""
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         if self.padding_idx is not None:
             s += f", padding_idx={self.padding_idx}"

@@ -64,6 +64,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
+        """Sets the learning rate (a non-negative number)."""
         self.param_groups[0]["lr"] = _nonneg("lr", value)
 
     def zero_grad(self):
@@ -377,6 +378,7 @@ class LRScheduler:
         self._is_initial = False
 
     def get_lr(self):  # pragma: no cover - abstract
+        """The learning rates for the current ``last_epoch`` (one per group)."""
         raise NotImplementedError
 
     def step(self):
@@ -413,6 +415,7 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        """Learning rates for the current ``last_epoch`` (PyTorch's chainable form)."""
         groups = self.optimizer.param_groups
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return [g["lr"] for g in groups]
@@ -432,6 +435,7 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        """Learning rates for the current ``last_epoch`` (PyTorch's recursive form)."""
         groups = self.optimizer.param_groups
         e, T, lo = self.last_epoch, self.T_max, self.eta_min
         if self._is_initial:
