@@ -190,3 +190,77 @@ def test_config_and_version():
     for key in ("compiler", "blas", "blas_core", "num_threads", "simd_compiled", "simd_cpu"):
         assert c[key] not in ("", None)
     assert fusedrnn.__version__ == c["version"]
+
+
+def stack_params(G=4, layers=2, D=2, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    p = {}
+    for l in range(layers):
+        for d in range(D):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            p["weight_ih" + sfx] = rng.standard_normal((G * H, I if l == 0 else D * H)).astype(dtype)
+            p["weight_hh" + sfx] = rng.standard_normal((G * H, H)).astype(dtype)
+            p["bias_ih" + sfx] = rng.standard_normal(G * H).astype(dtype)
+            p["bias_hh" + sfx] = rng.standard_normal(G * H).astype(dtype)
+    return p
+
+
+def test_stack_forward_bad_input():
+    x = np.zeros((T, B, I), np.float32)
+    p = stack_params()
+    kw = dict(num_layers=2, bidirectional=True)
+    F.stack_forward("lstm", x, p, **kw)  # the valid call
+    cases = [
+        (ValueError, r"params is missing 'weight_hh_l1_reverse'",
+         dict(params={k: v for k, v in p.items() if k != "weight_hh_l1_reverse"})),
+        (ValueError, r"params has an unexpected key 'weight_ih_l2'",
+         dict(params={**p, "weight_ih_l2": p["weight_ih_l1"]})),
+        (ValueError, r"weight_ih_l1 must have shape .* = \(24, 12\), got \(24, 6\)",
+         dict(params={**p, "weight_ih_l1": np.zeros((4 * H, H), np.float32)})),
+        (TypeError, r"bias_hh_l0 must have dtype float32",
+         dict(params={**p, "bias_hh_l0": p["bias_hh_l0"].astype(np.float64)})),
+        (ValueError, r"h0 must have shape \(num_layers\*num_directions, batch, output_size\) = "
+                     r"\(4, 3, 6\)", dict(h0=np.zeros((2, B, H), np.float32))),
+        (ValueError, r"c0 is only defined for the LSTM", None),
+        (ValueError, r"dropout must lie in \[0, 1\)", dict(dropout=1.0)),
+        (ValueError, r"num_layers must be >= 1", dict(num_layers=0)),
+        (ValueError, r"mode must be one of", dict(mode="lstmx")),
+        (ValueError, r"x must be non-empty", dict(x=np.zeros((0, B, I), np.float32))),
+        (ValueError, r"x must be 3-D with shape \(batch, T, input_size\)",
+         dict(x=np.zeros((B, I), np.float32), batch_first=True)),
+        (ValueError, r"lengths must lie in \[1, T\]", dict(lengths=[T, 0, 1])),
+    ]
+    for exc, match, over in cases:
+        args = dict(mode="lstm", x=x, params=p, **kw)
+        if over is None:  # c0 to a GRU
+            args.update(mode="gru", params=stack_params(G=3),
+                        c0=np.zeros((4, B, H), np.float32))
+        else:
+            args.update(over)
+        mode, xx, pp = args.pop("mode"), args.pop("x"), args.pop("params")
+        with pytest.raises(exc, match=match):
+            F.stack_forward(mode, xx, pp, **args)
+
+
+def test_stack_backward_bad_input():
+    x = np.zeros((T, B, I), np.float32)
+    p = stack_params()
+    y, h, c, ctx = F.stack_forward("lstm", x, p, num_layers=2, bidirectional=True)
+    with pytest.raises(TypeError, match="stack_backward: ctx must be the context"):
+        F.stack_backward(None)
+    with pytest.raises(ValueError, match=r"dy must have shape like y = \(4, 3, 12\)"):
+        F.stack_backward(ctx, np.zeros((T, B, H), np.float32))
+    with pytest.raises(ValueError, match=r"dc_n must have shape like c_n"):
+        F.stack_backward(ctx, None, None, np.zeros((2, B, H), np.float32))
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    with pytest.raises(ValueError, match=r"grads is missing 'bias_ih_l0'"):
+        F.stack_backward(ctx, None, grads={k: v for k, v in grads.items() if k != "bias_ih_l0"})
+    with pytest.raises(ValueError, match=r"grads\['weight_hh_l0'\] must be C-contiguous"):
+        F.stack_backward(ctx, None, grads={**grads, "weight_hh_l0": np.zeros((H, 4 * H),
+                                                                             np.float32).T})
+    with pytest.raises(TypeError, match=r"grads\['weight_ih_l0'\] must have dtype float32"):
+        F.stack_backward(ctx, None, grads={**grads, "weight_ih_l0": grads["weight_ih_l0"] + 0.0j})
+    # Inference gives no context.
+    *_, none_ctx = F.stack_forward("lstm", x, p, num_layers=2, bidirectional=True,
+                                   training=False)
+    assert none_ctx is None
