@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusedrnn import functional as F
+from fusedrnn.nn import Module, _float_dtype, _make_rng
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch"]
 
@@ -34,101 +35,26 @@ def _as_dtype(dtype):
     if type(dtype).__module__.startswith("torch"):  # torch.float32 / torch.float64
         dtype = {"float": "float32", "double": "float64"}.get(str(dtype)[6:], str(dtype)[6:])
     try:
-        dt = np.dtype(dtype)
+        return _float_dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}") from None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dt
 
 
-def _make_rng(seed, rng):
-    if rng is not None and seed is not None:
-        raise ValueError("give seed or rng, not both")
-    if rng is not None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return rng
-    return np.random.default_rng(seed)
-
-
-def _to_numpy(value, name):
-    if hasattr(value, "detach"):  # a torch tensor
+def _to_numpy(value):
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
 
-class _ParamModule:
-    """Parameters, gradients, train/eval and state_dict bookkeeping shared by all modules."""
+class _ParamModule(Module):
+    """fusedrnn.nn.Module with PyTorch's RNN initialisation; starts in eval mode."""
 
     def _init_params(self, shapes, rng):
+        Module.__init__(self)
         bound = 1.0 / np.sqrt(self.hidden_size)  # PyTorch's default for RNNs and their cells
-        self._params = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
-                        for name, shape in shapes.items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+        for name, shape in shapes.items():
+            self._register_parameter(name, rng.uniform(-bound, bound, shape).astype(self.dtype))
         self.training = False
-
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __setattr__(self, name, value):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            self._assign({name: value})
-        else:
-            object.__setattr__(self, name, value)
-
-    def parameters(self):
-        """The parameter arrays (updated in place by optimizers)."""
-        return list(self._params.values())
-
-    def named_parameters(self):
-        """``(name, array)`` pairs with PyTorch's names, in PyTorch's order."""
-        return list(self._params.items())
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def state_dict(self):
-        """Copies of the parameters, keyed by PyTorch's names."""
-        return {name: p.copy() for name, p in self._params.items()}
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Loads parameters by PyTorch name (NumPy arrays or torch tensors). With ``strict``,
-        missing or unexpected keys are errors; a wrong shape always is. On any error nothing is
-        changed."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                           f"{unexpected} for {self!r}")
-        self._assign({k: v for k, v in state_dict.items() if k in self._params})
-
-    def _assign(self, values):
-        converted = {}
-        for name, value in values.items():
-            arr = _to_numpy(value, name)
-            want = self._params[name].shape
-            if arr.shape != want:
-                raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
-            if arr.dtype.kind not in "fiu":
-                raise TypeError(f"{name} must be a real number array, got dtype {arr.dtype}")
-            converted[name] = arr.astype(self.dtype, copy=False)
-        for name, arr in converted.items():  # all validated: now change the module
-            np.copyto(self._params[name], arr)
 
 
 class _RNNBase(_ParamModule):
@@ -162,7 +88,7 @@ class _RNNBase(_ParamModule):
         self.proj_size = int(proj_size)
         self.reset_after = bool(reset_after)
         self.dtype = _as_dtype(dtype)
-        self._rng = _make_rng(seed, rng)
+        self._rng = _make_rng(rng, seed)
         self._ctx = None
         G, H = _GATES[mode], self.hidden_size
         R = self.proj_size or H
@@ -204,7 +130,7 @@ class _RNNBase(_ParamModule):
     def _check_state(self, name, state, batch, width, unbatched):
         if state is None:
             return None
-        state = _to_numpy(state, name)
+        state = _to_numpy(state)
         LD = self.num_layers * self.num_directions
         want = (LD, width) if unbatched else (LD, batch, width)
         if state.shape != want:
@@ -222,7 +148,7 @@ class _RNNBase(_ParamModule):
         ``need_grad=True``.
 
         Returns ``(y, h_n)``, or ``(y, (h_n, c_n))`` for the LSTM: y (T, B, D*R)."""
-        x = _to_numpy(x, "x")
+        x = _to_numpy(x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
                              f"input_size), got shape {x.shape}")
@@ -252,7 +178,7 @@ class _RNNBase(_ParamModule):
         keep = self.training if need_grad is None else bool(need_grad)
         seed = int(self._rng.integers(0, 2**63)) if (self.training and self.dropout) else 0
         y, h_n, c_n, ctx = F.stack_forward(
-            _FUNCTIONAL_MODE[self.mode], x, self._params, num_layers=self.num_layers,
+            _FUNCTIONAL_MODE[self.mode], x, self._parameters, num_layers=self.num_layers,
             bidirectional=self.bidirectional, h0=h0, c0=c0, lengths=lengths,
             batch_first=self.batch_first, dropout=self.dropout if self.training else 0.0,
             seed=seed, reset_after=self.reset_after, training=keep)
@@ -285,10 +211,10 @@ class _RNNBase(_ParamModule):
             else:
                 dh_n = dstate
         if unbatched:
-            expand = (lambda a: None if a is None else _to_numpy(a, "")[:, None])
+            expand = (lambda a: None if a is None else _to_numpy(a)[:, None])
             dh_n, dc_n = expand(dh_n), expand(dc_n)
             if dy is not None:
-                dy = _to_numpy(dy, "dy")
+                dy = _to_numpy(dy)
                 dy = dy[:, None] if not self.batch_first else dy[None]
         dx, dh0, dc0, _ = F.stack_backward(ctx, dy, dh_n, dc_n, grads=self.grads)
         if unbatched:
@@ -315,7 +241,7 @@ class _RNNBase(_ParamModule):
         else:
             m = torch.nn.RNN(self.input_size, self.hidden_size,
                              nonlinearity="tanh" if self.mode == "RNN_TANH" else "relu", **kw)
-        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
+        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._parameters.items()})
         return m.train(self.training)
 
 
@@ -382,14 +308,14 @@ class _CellBase(_ParamModule):
         shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
         if self.bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-        self._init_params(shapes, _make_rng(seed, rng))
+        self._init_params(shapes, _make_rng(rng, seed))
 
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
     def _prepare(self, x, state, name):
-        x = _to_numpy(x, "x")
+        x = _to_numpy(x)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape (batch, {self.input_size}) or "
                              f"({self.input_size},), got {x.shape}")
@@ -398,7 +324,7 @@ class _CellBase(_ParamModule):
         unbatched = x.ndim == 1
         xb = x[None] if unbatched else x
         if state is not None:
-            state = _to_numpy(state, name)
+            state = _to_numpy(state)
             want = (self.hidden_size,) if unbatched else (xb.shape[0], self.hidden_size)
             if state.shape != want:
                 raise ValueError(f"{name} must have shape {want}, got {state.shape}")
@@ -407,7 +333,7 @@ class _CellBase(_ParamModule):
 
     def _run(self, x, h, c=None, need_grad=None):
         kw = dict(training=self.training if need_grad is None else bool(need_grad))
-        w = self._params
+        w = self._parameters
         b_ih, b_hh = w.get("bias_ih"), w.get("bias_hh")
         if self.mode == "LSTM":
             y, h1, c1, ctx = F.lstm_forward(x, w["weight_ih"], w["weight_hh"], b_ih, b_hh, h, c,
@@ -447,7 +373,7 @@ class _CellBase(_ParamModule):
         else:
             m = torch.nn.RNNCell(self.input_size, self.hidden_size, self.bias,
                                  "tanh" if self.mode == "RNN_TANH" else "relu", dtype=dt)
-        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
+        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._parameters.items()})
         return m.train(self.training)
 
     def clear_saved(self):
@@ -471,7 +397,7 @@ class _SingleStateCell(_CellBase):
         """Back-propagates the most recent kept step: ``dh`` like h'. Adds parameter gradients
         into :attr:`grads`. Returns ``(dx, dh_prev)``."""
         ctx, unbatched = self._pop()
-        dh = _to_numpy(dh, "dh")
+        dh = _to_numpy(dh)
         dh = dh[None] if unbatched else dh
         fn = F.gru_backward if self.mode == "GRU" else F.rnn_backward
         g = fn(ctx, None, dh)
@@ -523,8 +449,8 @@ class LSTMCell(_CellBase):
     def backward(self, dh, dc=None):
         """Back-propagates the most recent kept step. Returns ``(dx, (dh_prev, dc_prev))``."""
         ctx, unbatched = self._pop()
-        dh = _to_numpy(dh, "dh")
-        dc = None if dc is None else _to_numpy(dc, "dc")
+        dh = _to_numpy(dh)
+        dc = None if dc is None else _to_numpy(dc)
         if unbatched:
             dh = dh[None]
             dc = None if dc is None else dc[None]
