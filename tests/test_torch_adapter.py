@@ -5,7 +5,7 @@ Parity error of a tensor = max |ours - torch| / max |torch| (same state_dict, sa
 Bounds:
 * float64: 1e-10 (both sides are float64 computations of the same formulas that differ only in
   summation order; observed ~1e-15).
-* float32: 5e-5. Both sides round in float32 (u = 6e-8) with different GEMM blocking and gate
+* float32: 2e-5. Both sides round in float32 (u = 6e-8) with different GEMM blocking and gate
   fusion; along the longest chain here (3 layers x 5 steps x 2 directions, dot products of up
   to I+2H = 13 terms, weight gradients summed over T*B = 20 rows) differences of a few hundred
   ulps of the array's scale are what two correct float32 implementations produce. To show the
@@ -15,10 +15,10 @@ Bounds:
   (plus a floor of 16 ulps).
 """
 
-import itertools
 import subprocess
 import sys
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ T, B, I, H = 5, 4, 3, 5
 LENGTHS = [3, 5, 1, 4]  # unsorted, with a length-1 sequence and a full-length one
 KINDS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-BOUND = {"float32": 5e-5, "float64": 1e-10}
+BOUND = {"float32": 2e-5, "float64": 1e-10}
 EPS32 = float(np.finfo(np.float32).eps)
 
 # worst errors: (dtype, "outputs"|"gradients", "vs torch"|"ours vs f64"|"torch vs f64") -> (err, where)
@@ -107,7 +107,7 @@ def state_shapes(m, batch=B):
     return (m.num_layers * d, batch, r), (m.num_layers * d, batch, m.hidden_size)
 
 
-def run(m, x, h0, c0, packed, lengths, coef):
+def run(m, x, h0, c0, coef, packed, lengths):
     """Forward, loss = sum of random-weighted outputs, backward. Returns (outputs, grads)."""
     inp = x
     if packed:
@@ -177,14 +177,12 @@ def leaves(x, h0, c0, coef, dtype):
 @pytest.mark.parametrize("kind", KINDS)
 def test_parity_with_torch(kind, layers, bidir, batch_first, with_hx, packed, dt):
     dtype = DTYPES[dt]
-    seed = hash((kind, layers, bidir, batch_first, with_hx, packed)) % 2**31
+    seed = zlib.crc32(repr((kind, layers, bidir, batch_first, with_hx, packed)).encode())
     torch.manual_seed(seed)
     ref, ours = make_pair(kind, layers, bidir, batch_first, dtype)
     raw = make_inputs(ref, dtype, with_hx, seed)
-    r_out, r_grad = run(ref, *leaves(*raw, dtype=dtype), packed, LENGTHS, None) if False else \
-        run(ref, *leaves(*raw[:3], raw[3], dtype), packed, LENGTHS, leaves(*raw[:3], raw[3], dtype)[3])
-    o_out, o_grad = run(ours, *leaves(*raw[:3], raw[3], dtype)[:3], packed, LENGTHS,
-                        leaves(*raw[:3], raw[3], dtype)[3])
+    r_out, r_grad = run(ref, *leaves(*raw, dtype), packed, LENGTHS)
+    o_out, o_grad = run(ours, *leaves(*raw, dtype), packed, LENGTHS)
     assert r_out.keys() == o_out.keys() and r_grad.keys() == o_grad.keys()
     for k in ("batch_sizes", "sorted_indices", "unsorted_indices"):
         if k in r_out:
@@ -197,8 +195,7 @@ def test_parity_with_torch(kind, layers, bidir, batch_first, with_hx, packed, dt
     if dt == "float32":  # torch in float64 on the upcast weights: the float32 error scale
         ref64 = make_pair(kind, layers, bidir, batch_first, torch.float64)[0]
         ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
-        exact = run(ref64, *leaves(*raw[:3], raw[3], torch.float64)[:3], packed, LENGTHS,
-                    leaves(*raw[:3], raw[3], torch.float64)[3])
+        exact = run(ref64, *leaves(*raw, torch.float64), packed, LENGTHS)
 
     for kind_, theirs, mine, ex in (("outputs", r_out, o_out, exact and exact[0]),
                                     ("gradients", r_grad, o_grad, exact and exact[1])):
@@ -404,13 +401,52 @@ def test_same_init_and_state_dict_both_ways(kind):
     ours.flatten_parameters()  # no-op, exists for drop-in use
 
 
-def test_no_bias_and_double_conversion():
+@pytest.mark.parametrize("kind", ["rnn_relu", "lstm_proj", "gru"])
+def test_no_bias_and_double_conversion(kind):
     torch.manual_seed(1)
-    ref, ours = make_pair("gru", 2, True, False, torch.float32, bias=False)
+    ref, ours = make_pair(kind, 2, True, False, torch.float32, bias=False)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert not any("bias" in n for n, _ in ours.named_parameters())
     ref, ours = ref.double(), ours.double()
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    assert rel(ours(x)[0], ref(x)[0]) <= 1e-12
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "LSTM with projections is not supported..."
+        r = ref(x)[0]
+    o = ours(x)[0]
+    assert rel(o, r) <= 1e-12
+    gr = torch.autograd.grad(r.square().sum(), [x, *ref.parameters()])
+    go = torch.autograd.grad(o.square().sum(), [x, *ours.parameters()])
+    assert all(rel(a, b) <= 1e-12 for a, b in zip(go, gr))
+
+
+def test_tensors_cross_without_copies(monkeypatch):
+    """Contiguous inputs and parameters reach the kernel as views; outputs wrap its arrays."""
+    m = ft.LSTM(I, H, num_layers=2)
+    x = torch.randn(T, B, I, requires_grad=True)
+    seen = {}
+    real = ft._F.stack_forward
+
+    def spy(mode, xa, params, **kw):
+        seen["x"], seen["params"] = xa, params
+        seen["out"] = real(mode, xa, params, **kw)
+        return seen["out"]
+
+    monkeypatch.setattr(ft._F, "stack_forward", spy)
+    y, (h_n, c_n) = m(x)
+    assert np.shares_memory(seen["x"], x.detach().numpy())
+    for n, p in m.named_parameters():
+        assert np.shares_memory(seen["params"][n], p.detach().numpy()), n
+    assert np.shares_memory(y.detach().numpy(), seen["out"][0])
+    assert np.shares_memory(c_n.detach().numpy(), seen["out"][2])
+
+
+def test_inference_mode():
+    torch.manual_seed(1)
+    ref, ours = make_pair("lstm", 2, True, False, torch.float32)
+    x = torch.randn(T, B, I)
+    with torch.inference_mode():
+        o, r = ours(x), ref(x)
+    assert rel(o[0], r[0]) <= 5e-6 and rel(o[1][1], r[1][1]) <= 5e-6
 
 
 def test_dropout_seeding_and_modes():
@@ -449,23 +485,17 @@ def test_dropout_seeding_and_modes():
     xg2 = x.clone().requires_grad_()
     m(xg2)[0].sum().backward()
     assert torch.equal(xg.grad, xg2.grad)
-    # without active dropout no random number is drawn from torch's generator
-    torch.manual_seed(5)
-    m0(x)
-    ft.LSTM(I, H, num_layers=3, dropout=0.5).eval()(x)
-    drawn = torch.rand(1)
-    torch.manual_seed(5)
-    assert torch.equal(drawn, torch.rand(1) if False else drawn)
 
 
 def test_no_draw_without_dropout():
     x = torch.randn(T, B, I)
-    m = ft.LSTM(I, H, num_layers=2, dropout=0.5).eval()
+    m = ft.LSTM(I, H, num_layers=2, dropout=0.5).eval()  # eval: dropout inactive
+    g = ft.GRU(I, H, num_layers=2).train()  # train, dropout=0: inactive
     torch.manual_seed(5)
     ref_next = torch.rand(3)
     torch.manual_seed(5)
     m(x)
-    ft.GRU(I, H).train()(x)
+    g(x)
     assert torch.equal(torch.rand(3), ref_next)
 
 
@@ -490,18 +520,19 @@ def test_swapped_model_trains_identically():
     ours = _Model(ft.LSTM)
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(8, 6, I, generator=g), torch.randn(8, generator=g)) for _ in range(3)]
+    x, target = torch.randn(8, 6, I, generator=g), torch.randn(8, generator=g)
     losses = {}
     for name, model in (("ref", ref), ("ours", ours)):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
         losses[name] = []
-        for step in range(6):
-            x, target = data[step % len(data)]
+        for step in range(8):
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), target)
             loss.backward()
             opt.step()
             losses[name].append(loss.item())
+    print("\nswapped-model losses (torch.nn.LSTM / fusedrnn.torch.LSTM):",
+          [f"{b:.7f}/{a:.7f}" for a, b in zip(losses["ours"], losses["ref"])])
     for a, b in zip(losses["ours"], losses["ref"]):
         assert abs(a - b) <= 1e-5 * max(abs(b), 1.0), (losses["ours"], losses["ref"])
     assert losses["ours"][-1] < losses["ours"][0]
@@ -664,3 +695,20 @@ def test_cuda_tensors_are_refused():
         m(torch.randn(T, B, I, device="cuda"))
     with pytest.raises(RuntimeError, match="CUDA tensors are not supported"):
         ft.LSTM(I, H)(torch.randn(T, B, I, device="cuda"))
+
+
+def test_torch_compile_runs_the_native_call_eagerly():
+    torch.manual_seed(4)
+    ref, ours = make_pair("lstm", 2, True, True, torch.float64)
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    head = torch.nn.Linear(2 * H, 1, dtype=torch.float64)
+    f = lambda m, xx: head(m(xx)[0]).square().sum()
+    xr = x.clone().requires_grad_()
+    f(ref, xr).backward()
+    xo = x.clone().requires_grad_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(f, backend="eager")(ours, xo)
+        out.backward()
+    assert not [w for w in caught if "fusedrnn" in str(w.message)], [str(w.message) for w in caught]
+    assert rel(out, f(ref, x)) <= 1e-12 and rel(xo.grad, xr.grad) <= 1e-12

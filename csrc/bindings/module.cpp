@@ -673,6 +673,7 @@ py::dict config() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fusedrnn native kernels (CPU). Use fusedrnn.functional, not this module.";
+  fusedrnn::get_num_threads();  // reads OMP_NUM_THREADS once and makes the BLAS single-threaded
   py::register_exception<fusedrnn::TypeError>(m, "NativeTypeError", PyExc_TypeError);
 
   py::class_<Context, std::shared_ptr<Context>>(m, "Context",

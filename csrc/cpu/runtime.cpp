@@ -16,7 +16,8 @@ std::atomic<int> g_threads{0};  // 0: not yet initialised
 void set_num_threads(int n) {
   FUSEDRNN_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
   g_threads.store(n);
-  omp_set_num_threads(n);
+  // Not omp_set_num_threads: every region names its count, and the OpenMP runtime may be
+  // shared with PyTorch's (same libgomp soname), whose default we must not change.
   // The BLAS runs single-threaded inside our OpenMP threads (cpu/gemm.h): its own pthread pool
   // never starts, so the two runtimes never compete for the cores.
   scipy_openblas_set_num_threads(1);

@@ -38,25 +38,25 @@ Differences from PyTorch, all deliberate:
   the ones ``torch.nn.LSTM`` would draw. Without active dropout no random number is drawn, so
   the rest of a program's random stream is the same as with ``torch.nn.LSTM``.
 * First-order gradients only (the backward is not itself differentiable).
+* ``torch.compile`` runs the native call eagerly (a graph break around it); TorchScript
+  (``torch.jit.script``) is not supported.
 * The native context kept for backward lives as long as the autograd graph (as long as an
   output tensor of the forward is alive), not only until ``backward`` has run.
 * Modifying an input or a parameter in place between forward and backward raises PyTorch's
   usual "modified by an inplace operation" error (they are saved for backward).
 
-Threads and OpenMP: fusedrnn runs its OpenMP parallel regions on GNU OpenMP (``libgomp``) and
-its GEMMs on its own OpenBLAS (``scipy-openblas32``, pthreads), next to PyTorch's OpenMP and
-MKL/oneDNN. Which ``libgomp`` is used depends on load order: the Linux PyTorch wheels bundle a
-``libgomp.so.1`` with the same soname as the system's, so in one process the dynamic loader
-maps only the first one loaded and both libraries share that single runtime and its thread
-pool (measured with the torch 2.13 CPU wheel, in either import order). Then
-``fusedrnn.set_num_threads(n)`` (which calls ``omp_set_num_threads``) also changes the OpenMP
-thread count PyTorch uses from that thread, while ``torch.set_num_threads`` does not change
-fusedrnn's; set both, fusedrnn's last. With a PyTorch built on another OpenMP (Intel
-``libiomp5``, LLVM ``libomp``: conda/MKL builds, macOS) the two runtimes live side by side, each
-with its own worker threads; they run one after the other (never nested), but one runtime's
-workers spinning after its region ends can take cores from the other's next region. If that
-shows in a profile, cap the spin time (``OMP_WAIT_POLICY=passive``, ``KMP_BLOCKTIME=0``) or give
-each fewer threads.
+Threads and OpenMP: fusedrnn runs its parallel regions on GNU OpenMP (``libgomp``); its BLAS
+(``scipy-openblas32``) runs single-threaded inside those regions, so it starts no thread pool of
+its own. The Linux PyTorch wheels bundle a ``libgomp.so.1`` with the same soname as the system's,
+so in one process the dynamic loader maps only the first one loaded and both libraries share that
+single runtime and its worker threads (measured with the torch 2.13 CPU wheel, in either import
+order). fusedrnn names its thread count on every region (``fusedrnn.set_num_threads``) and does
+not change the runtime's default, so ``torch.set_num_threads`` and ``fusedrnn.set_num_threads``
+stay independent. With a PyTorch built on another OpenMP (Intel ``libiomp5``, LLVM ``libomp``:
+conda/MKL builds, macOS) the two runtimes live side by side, each with its own worker threads;
+they run one after the other (never nested), but one runtime's workers spinning after its region
+ends can take cores from the other's next region. If that shows in a profile, cap the spin time
+(``OMP_WAIT_POLICY=passive``, ``KMP_BLOCKTIME=0``) or give each fewer threads.
 """
 
 from __future__ import annotations
@@ -172,6 +172,13 @@ class _StackFunction(torch.autograd.Function):
         return tuple(out)
 
 
+def _compiler_disable(fn):
+    """``torch.compile`` runs the native call eagerly (a graph break), without a warning."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+@_compiler_disable
 def _run_stack(cfg, x, h0, c0, weights, dropout_active):
     """Runs the stack; goes through autograd only when a gradient is needed."""
     needs_grad = torch.is_grad_enabled() and any(
@@ -439,10 +446,6 @@ class RNN(RNNBase):
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype)
         self.nonlinearity = nonlinearity
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s + (f", nonlinearity={self.nonlinearity}" if self.nonlinearity != "tanh" else "")
 
 
 class LSTM(RNNBase):
