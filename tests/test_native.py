@@ -238,3 +238,25 @@ def test_native_threaded_time_loop(cell, dt, ragged, reverse):
         compare(case, dtype, lengths, reverse, f"{cell} threaded {dt}")
     finally:
         fusedrnn.set_num_threads(old)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_other_instruction_sets(isa):
+    """The kernels are built per instruction set and picked at run time; the suite above runs
+    the best one this CPU has. Re-run the threaded, unbiased and small sweep cases on the
+    others (FUSEDRNN_ISA forces a path; one the CPU lacks falls back, and is skipped here)."""
+    import subprocess
+    import sys
+
+    import fusedrnn
+    order = ["generic", "avx2", "avx512"]
+    if order.index(isa) > order.index(fusedrnn.config()["simd_path"]):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, FUSEDRNN_ISA=isa)
+    probe = subprocess.run([sys.executable, "-c", "import fusedrnn; print(fusedrnn.config()"
+                            "['simd_path'])"], env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == isa, probe.stderr
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        __file__, "-k", "threaded or no_bias or (matches_reference and -7-)"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

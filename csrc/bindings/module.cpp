@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cells/activations.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
 
@@ -654,6 +655,23 @@ py::list keep_masks_typed(const StackContext& c) {
   return out;
 }
 
+// Test hook: the float activations the kernels use (generic build), elementwise.
+py::array_t<float> activation(const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+  auto out = py::array_t<float>(x.size());
+  const float* in = x.data();
+  float* o = out.mutable_data();
+  if (name == "exp") {
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::exp_fast(in[i]);
+  } else if (name == "sigmoid") {
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::sigmoid(in[i]);
+  } else if (name == "tanh") {
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::tanh_(in[i]);
+  } else {
+    throw std::invalid_argument("name must be 'exp', 'sigmoid' or 'tanh'");
+  }
+  return out;
+}
+
 py::dict config() {
   py::dict d;
   d["version"] = FUSEDRNN_VERSION;
@@ -666,6 +684,7 @@ py::dict config() {
   d["cuda"] = bool(FUSEDRNN_WITH_CUDA);
   d["simd_compiled"] = fusedrnn::simd_compiled();
   d["simd_cpu"] = fusedrnn::simd_cpu();
+  d["simd_path"] = fusedrnn::simd_path();
   return d;
 }
 
@@ -722,6 +741,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fusedrnn::get_num_threads);
   m.def("config", &config);
+  m.def("_activation", &activation, py::arg("name"), py::arg("x"),
+        "Test hook: the kernels' float32 exp/sigmoid/tanh, elementwise.");
   m.attr("KIND_RNN_TANH") = int(CellKind::RnnTanh);
   m.attr("KIND_RNN_RELU") = int(CellKind::RnnRelu);
   m.attr("KIND_LSTM") = int(CellKind::Lstm);

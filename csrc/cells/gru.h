@@ -12,6 +12,7 @@
 #include "cells/activations.h"
 
 namespace fusedrnn {
+FUSEDRNN_ISA_BEGIN
 
 struct GruCell {
   static constexpr int kGates = 3;
@@ -98,4 +99,5 @@ struct GruV1Cell {
   }
 };
 
+FUSEDRNN_ISA_END
 }  // namespace fusedrnn

@@ -6,6 +6,7 @@
 #include "cells/activations.h"
 
 namespace fusedrnn {
+FUSEDRNN_ISA_BEGIN
 
 struct LstmCell {
   static constexpr int kGates = 4;
@@ -50,4 +51,5 @@ struct LstmCell {
   }
 };
 
+FUSEDRNN_ISA_END
 }  // namespace fusedrnn

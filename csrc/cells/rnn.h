@@ -4,6 +4,7 @@
 #include "cells/activations.h"
 
 namespace fusedrnn {
+FUSEDRNN_ISA_BEGIN
 
 template <bool kRelu>
 struct RnnCell {
@@ -38,4 +39,5 @@ struct RnnCell {
 using RnnTanhCell = RnnCell<false>;
 using RnnReluCell = RnnCell<true>;
 
+FUSEDRNN_ISA_END
 }  // namespace fusedrnn

@@ -23,6 +23,7 @@
 #include "fusedrnn/params.h"
 
 namespace fusedrnn {
+FUSEDRNN_ISA_BEGIN
 namespace cpu {
 
 // One allocation per call, carved into named pieces (default-initialised: no page-touching memset).
@@ -124,8 +125,12 @@ void forward(const ForwardParams<T>& p) {
 
   int64_t o_xp = Tn * B * GH, o_wp = G1 * H * R, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
           o_c = B * H, o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
-          o_sv = training ? 0 : B * S * H;
-  Workspace<T> ws({&o_xp, &o_wp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv});
+          o_sv = training ? 0 : B * S * H, o_zero = GH;
+  Workspace<T> ws({&o_xp, &o_wp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv, &o_zero});
+  // Zeros stand in for a missing bias or h_prev, so the vectorised loops have no branches.
+  T* zeros = ws.at(o_zero);
+  std::fill(zeros, zeros + GH, T(0));
+  const T* b_hh = p.b_hh ? p.b_hh : zeros;
   T* xp = ws.at(o_xp);
   T* wpack = ws.at(o_wp);
   T* hp = ws.at(o_hp);
@@ -163,14 +168,12 @@ void forward(const ForwardParams<T>& p) {
     T* h_cur = hbuf[0];
     T* h_next = hbuf[1];
 
-    auto gather = [&](int64_t te, int64_t b, int64_t j, T* ax, T* ah, int gates) {
-      const T* xrow = xp + (te * B + b) * GH;
-      const T* hrow = hpt + b * ldh + (j - j0);
-      for (int g = 0; g < gates; ++g) {
-        ax[g] = xrow[g * H + j];
-        ah[g] = hrow[g * nj] + (p.b_hh ? p.b_hh[g * H + j] : T(0));
-      }
-    };
+    // The unit's gate pre-activations, input part and recurrent part (both biases in).
+#define FUSEDRNN_GATHER(GATES)                                   \
+  _Pragma("GCC unroll 4") for (int g = 0; g < (GATES); ++g) {    \
+    ax[g] = xrow[g * H + j];                                     \
+    ah[g] = hrow[g * nj + j] + b_hh[g * H + j];                  \
+  }
     auto saved_at = [&](int64_t te, int64_t b) -> T* {
       return training ? p.saved + (te * B + b) * S * H : sv_scratch + b * S * H;
     };
@@ -183,9 +186,12 @@ void forward(const ForwardParams<T>& p) {
           if (!map.active(s, b)) continue;
           const int64_t te = map.time(s, b);
           T* sv = saved_at(te, b);
+          const T* xrow = xp + (te * B + b) * GH;
+          const T* hrow = hpt + b * ldh - j0;
+#pragma omp simd
           for (int64_t j = j0; j < j1; ++j) {
             T ax[G], ah[G];
-            gather(te, b, j, ax, ah, G1);
+            FUSEDRNN_GATHER(G1)
             rh[b * H + j] = Cell::gates(ax, ah, h_cur[b * R + j], sv + j, H);
           }
         }
@@ -200,14 +206,18 @@ void forward(const ForwardParams<T>& p) {
         const int64_t te = map.time(s, b);
         T* sv = saved_at(te, b);
         T* dst = proj ? out + b * H : h_next + b * R;
+        const T* xrow = xp + (te * B + b) * GH;
+        const T* hrow = hpt + b * ldh - j0;
+        // h_prev of the same unit exists only without projection (R == H): GRU's z h path.
+        const T* hprev = proj ? zeros : h_cur + b * R;
+        T* cb = c + b * H;
+#pragma omp simd
         for (int64_t j = j0; j < j1; ++j) {
           T ax[G], ah[G];
-          gather(te, b, j, ax, ah, G);
-          // h_prev of the same unit exists only without projection (R == H): GRU's z h path.
-          const T hprev = proj ? T(0) : h_cur[b * R + j];
-          T cj = Cell::kHasCellState ? c[b * H + j] : T(0);
-          dst[j] = Cell::forward(ax, ah, hprev, cj, sv + j, H);
-          if (Cell::kHasCellState) c[b * H + j] = cj;
+          FUSEDRNN_GATHER(G)
+          T cj = Cell::kHasCellState ? cb[j] : T(0);
+          dst[j] = Cell::forward(ax, ah, hprev[j], cj, sv + j, H);
+          if (Cell::kHasCellState) cb[j] = cj;
         }
       }
 
@@ -236,6 +246,7 @@ void forward(const ForwardParams<T>& p) {
     }
   }
 
+#undef FUSEDRNN_GATHER
   const T* h_final = hbuf[steps % 2];
   zero_padding(p.y, R, map, B, ld_y);
   if (training) {
@@ -264,9 +275,12 @@ void backward(const BackwardParams<T>& p) {
 
   int64_t o_dxp = TB * GH, o_dhp = Cell::kSplitGrad ? TB * GH : 0, o_step = B * GH,
           o_dh0 = B * R, o_dh1 = B * R, o_dc = B * H, o_dout = proj ? B * H : 0,
-          o_dproj = proj ? TB * P : 0, o_drh = Cell::kTwoPhase ? B * H : 0, o_ones = TB;
+          o_dproj = proj ? TB * P : 0, o_drh = Cell::kTwoPhase ? B * H : 0, o_ones = TB,
+          o_zero = H;
   Workspace<T> ws({&o_dxp, &o_dhp, &o_step, &o_dh0, &o_dh1, &o_dc, &o_dout, &o_dproj, &o_drh,
-                   &o_ones});
+                   &o_ones, &o_zero});
+  T* zeros = ws.at(o_zero);  // stands in for h_prev with a projection (no branch in the loop)
+  std::fill(zeros, zeros + H, T(0));
   T* dxp = ws.at(o_dxp);                           // d(input pre-activations), by time
   T* dhp = Cell::kSplitGrad ? ws.at(o_dhp) : dxp;  // d(recurrent pre-activations), by time
   T* dstep = ws.at(o_step);                        // this step's d(recurrent pre-act.), (B, GH)
@@ -329,21 +343,27 @@ void backward(const BackwardParams<T>& p) {
         const T* sv = p.saved + row * S * H;
         T* dx_row = dxp + row * GH;
         T* dh_row = dhp + row * GH;
+        T* dstep_row = dstep + b * GH;
+        const T* dsrc = proj ? dout + b * H : dh_cur + b * R;
+        const T* hprev = proj ? zeros : p.h_prev + row * R;
+        // Without projection the direct path goes to dh_next; with it, there is none (the
+        // row was zeroed above) and the values land in dout, which is not read again.
+        T* direct_dst = proj ? dout + b * H : dh_next + b * R;
+        T* dcb = dc + b * H;
+        constexpr int g0 = Cell::kTwoPhase ? 1 : 0;  // d(a_r) of the two-phase GRU: phase 2
+#pragma omp simd
         for (int64_t j = j0; j < j1; ++j) {
-          const T d = proj ? dout[b * H + j] : dh_cur[b * R + j];
-          const T hprev = proj ? T(0) : p.h_prev[row * R + j];
-          T dcj = Cell::kHasCellState ? dc[b * H + j] : T(0);
+          T dcj = Cell::kHasCellState ? dcb[j] : T(0);
           T dax[G], dah[G], direct;
-          Cell::backward(sv + j, H, d, hprev, dcj, dax, dah, direct);
-          if (Cell::kHasCellState) dc[b * H + j] = dcj;
-          for (int g = 0; g < G; ++g) {
-            if (Cell::kTwoPhase && g == 0) continue;  // d(a_r) comes in phase 2
+          Cell::backward(sv + j, H, dsrc[j], hprev[j], dcj, dax, dah, direct);
+          if (Cell::kHasCellState) dcb[j] = dcj;
+          for (int g = g0; g < G; ++g) {
             dx_row[g * H + j] = dax[g];
             const T dr = Cell::kSplitGrad ? dah[g] : dax[g];
             if (Cell::kSplitGrad) dh_row[g * H + j] = dr;
-            dstep[b * GH + g * H + j] = dr;
+            dstep_row[g * H + j] = dr;
           }
-          if (!proj) dh_next[b * R + j] = direct;
+          direct_dst[j] = direct;
         }
       }
 
@@ -356,6 +376,7 @@ void backward(const BackwardParams<T>& p) {
           if (!map.active(s, b)) continue;
           const int64_t row = map.time(s, b) * B + b;
           const T* sv = p.saved + row * S * H;
+#pragma omp simd
           for (int64_t j = j0; j < j1; ++j) {
             T dar, direct = dh_next[b * R + j];
             Cell::backward_reset(sv + j, H, drh[b * H + j], p.h_prev[row * R + j], dar, direct);
@@ -398,4 +419,5 @@ void backward(const BackwardParams<T>& p) {
 }
 
 }  // namespace cpu
+FUSEDRNN_ISA_END
 }  // namespace fusedrnn

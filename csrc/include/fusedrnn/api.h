@@ -84,5 +84,6 @@ std::string blas_config();
 std::string blas_core();
 std::string simd_compiled();  // instruction sets the compiler was allowed to use
 std::string simd_cpu();       // what the running CPU supports (best first)
+std::string simd_path();      // the kernels' instruction set chosen at run time
 
 }  // namespace fusedrnn

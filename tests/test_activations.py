@@ -1,0 +1,48 @@
+"""The float32 activations the kernels use (polynomial exp/sigmoid/tanh, branch-free so the
+pointwise loops vectorise): error in ulps against float64 NumPy, and special values."""
+
+import numpy as np
+import pytest
+
+from fusedrnn import _C
+
+
+def grid():
+    parts = [np.linspace(-100, 100, 2_000_001), np.linspace(-1, 1, 2_000_001),
+             np.linspace(-1e-3, 1e-3, 200_001), np.geomspace(1e-30, 10, 100_000),
+             -np.geomspace(1e-30, 10, 100_000)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def ulps(got, ref64):
+    spacing = np.spacing(np.abs(ref64.astype(np.float32))).astype(np.float64)
+    spacing = np.maximum(spacing, np.finfo(np.float32).tiny)
+    return np.abs(got.astype(np.float64) - ref64) / spacing
+
+
+@pytest.mark.parametrize("name,ref,bound", [
+    ("exp", np.exp, 2.0),
+    ("sigmoid", lambda v: 1 / (1 + np.exp(-v)), 3.0),
+    ("tanh", np.tanh, 2.0),
+])
+def test_activation_error_in_ulps(name, ref, bound):
+    x = grid()
+    if name == "exp":
+        x = x[(x > -87) & (x < 88)]  # the normal range of float32 exp
+    got = _C._activation(name, x)
+    with np.errstate(over="ignore"):  # exp(100) in float64 is fine; exp(-(-1000)) is not used
+        want = ref(x.astype(np.float64))
+    err = ulps(got, want)
+    assert err.max() <= bound, f"{name}: {err.max():.2f} ulp at x={x[np.argmax(err)]}"
+
+
+def test_activation_special_values():
+    v = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], np.float32)
+    t = _C._activation("tanh", v)
+    s = _C._activation("sigmoid", v)
+    assert np.isnan(t[0]) and np.isnan(s[0])
+    np.testing.assert_array_equal(t[1:], [1, -1, 0, 0, 1, -1])
+    np.testing.assert_array_equal(s[[1, 3, 4, 5]], [1, 0.5, 0.5, 1])
+    assert 0 <= s[2] < 1e-38 and 0 <= s[6] < 1e-38
+    with pytest.raises(ValueError, match="name must be"):
+        _C._activation("relu", v)
