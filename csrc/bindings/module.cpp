@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cells/activations.h"
+#include "cpu/gemm.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
 
@@ -655,6 +656,36 @@ py::list keep_masks_typed(const StackContext& c) {
   return out;
 }
 
+// C = alpha op(A) op(B) + beta C on 2-D arrays, through the package's BLAS door (cpu/gemm.h):
+// fusedrnn.nn uses it so a model's heads run on the same threads as its RNNs (NumPy's own BLAS
+// pool, left spinning after a matmul, was measured to halve the speed of the next RNN call).
+template <class T>
+void gemm_typed(const py::array& a, const py::array& b, py::array& c, bool ta, bool tb,
+                double alpha, double beta) {
+  const int64_t M = c.shape(0), N = c.shape(1), K = ta ? a.shape(0) : a.shape(1);
+  FUSEDRNN_CHECK((ta ? a.shape(1) : a.shape(0)) == M && (tb ? b.shape(0) : b.shape(1)) == N &&
+                     (tb ? b.shape(1) : b.shape(0)) == K,
+                 "gemm: shapes do not match: op(a) ", shape_str(a), ta ? "^T" : "", ", op(b) ",
+                 shape_str(b), tb ? "^T" : "", ", c ", shape_str(c));
+  FUSEDRNN_CHECK(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX, "gemm: sizes must be < 2^31");
+  const T* A = static_cast<const T*>(a.data());
+  const T* B = static_cast<const T*>(b.data());
+  T* C = static_cast<T*>(c.mutable_data());
+  py::gil_scoped_release nogil;
+  fusedrnn::gemm_par<T>(ta, tb, M, N, K, T(alpha), A, a.shape(1), B, b.shape(1), T(beta), C, N);
+}
+
+void gemm(py::handle a_, py::handle b_, py::handle c_, bool trans_a, bool trans_b,
+          double alpha, double beta) {
+  py::array c = float_arg(c_, "c", py::dtype::of<float>(), /*first=*/true);
+  FUSEDRNN_CHECK(c.is(c_) && c.writeable(), "c must be a writeable C-contiguous array");
+  py::array a = float_arg(a_, "a", c.dtype());
+  py::array b = float_arg(b_, "b", c.dtype());
+  FUSEDRNN_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "gemm: a, b, c must be 2-D");
+  if (c.dtype().equal(py::dtype::of<float>())) gemm_typed<float>(a, b, c, trans_a, trans_b, alpha, beta);
+  else gemm_typed<double>(a, b, c, trans_a, trans_b, alpha, beta);
+}
+
 // Test hook: the float activations the kernels use (generic build), elementwise.
 py::array_t<float> activation(const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
   auto out = py::array_t<float>(x.size());
@@ -741,6 +772,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fusedrnn::get_num_threads);
   m.def("config", &config);
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
+        "c = alpha op(a) op(b) + beta c in place, on fusedrnn's threads and BLAS.");
   m.def("_activation", &activation, py::arg("name"), py::arg("x"),
         "Test hook: the kernels' float32 exp/sigmoid/tanh, elementwise.");
   m.attr("KIND_RNN_TANH") = int(CellKind::RnnTanh);

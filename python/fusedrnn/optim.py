@@ -310,7 +310,9 @@ def _vector_norm(x, p):
     if p == 1:
         return float(x.sum())
     if p == 2:
-        return float(np.sqrt(np.dot(x, x)))
+        # Not np.dot: that wakes NumPy's threaded BLAS, whose pool then spins and slows the
+        # next fusedrnn call (measured ~2-3x on 2 cores); NumPy's pairwise sum needs no BLAS.
+        return float(np.sqrt((x * x).sum()))
     return float((x ** p).sum() ** (1.0 / p))
 
 
