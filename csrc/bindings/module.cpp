@@ -81,6 +81,22 @@ void check_shape(const py::array& a, const char* name, std::vector<int64_t> want
       concat(name, " must have shape ", meaning, " = ", w, ", got ", shape_str(a)));
 }
 
+// lengths: None, or B integers in [1, T] (any integer dtype or a list); returned as int64.
+std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
+  if (obj.is_none()) return std::nullopt;
+  py::array l = py::array::ensure(obj);
+  FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
+                      "lengths must be an integer array, got ",
+                      l ? dtype_str(l) : type_name(obj));
+  check_shape(l, "lengths", {B}, "(batch,)");
+  auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
+  auto acc = l64.unchecked<1>();
+  for (int64_t b = 0; b < B; ++b)
+    FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= T, "lengths must lie in [1, T] = [1, ", T,
+                   "], got lengths[", b, "] = ", acc(b));
+  return l64;
+}
+
 template <class T>
 py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
@@ -171,19 +187,7 @@ Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::ha
   FUSEDRNN_CHECK(!v.c0 || lstm, "c0 is only defined for the LSTM");
   if (v.c0) check_shape(*v.c0, "c0", {v.B, v.H}, "(batch, hidden_size)");
 
-  if (!lengths_.is_none()) {
-    py::array l = py::array::ensure(lengths_);
-    FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
-                        "lengths must be an integer array, got ",
-                        l ? dtype_str(l) : type_name(lengths_));
-    check_shape(l, "lengths", {v.B}, "(batch,)");
-    auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
-    auto acc = l64.unchecked<1>();
-    for (int64_t b = 0; b < v.B; ++b)
-      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= v.T, "lengths must lie in [1, T] = [1, ", v.T,
-                     "], got lengths[", b, "] = ", acc(b));
-    v.lengths = l64;
-  }
+  v.lengths = lengths_arg(lengths_, v.B, v.T);
   // The BLAS takes 32-bit sizes.
   FUSEDRNN_CHECK(v.T * v.B <= INT_MAX && v.G * v.H <= INT_MAX && v.I <= INT_MAX,
                  "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
@@ -484,19 +488,7 @@ StackArgs validate_stack(int kind_int, py::handle x_, py::dict params, int64_t n
   a.c0 = optional_float_arg(c0_, "c0", a.dtype);
   FUSEDRNN_CHECK(!a.c0 || lstm, "c0 is only defined for the LSTM");
   if (a.c0) check_shape(*a.c0, "c0", {LD, cfg.batch, H}, "(num_layers*num_directions, batch, hidden_size)");
-  if (!lengths_.is_none()) {
-    py::array l = py::array::ensure(lengths_);
-    FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
-                        "lengths must be an integer array, got ",
-                        l ? dtype_str(l) : type_name(lengths_));
-    check_shape(l, "lengths", {cfg.batch}, "(batch,)");
-    auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
-    auto acc = l64.unchecked<1>();
-    for (int64_t b = 0; b < cfg.batch; ++b)
-      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= cfg.steps, "lengths must lie in [1, T] = [1, ",
-                     cfg.steps, "], got lengths[", b, "] = ", acc(b));
-    a.lengths = l64;
-  }
+  a.lengths = lengths_arg(lengths_, cfg.batch, cfg.steps);
   FUSEDRNN_CHECK(cfg.steps * cfg.batch <= INT_MAX && GH <= INT_MAX,
                  "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
   return a;

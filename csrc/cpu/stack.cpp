@@ -59,6 +59,25 @@ void apply_mask(T* a, const uint8_t* keep, int64_t n, double p) {
   for (int64_t i = 0; i < n; ++i) a[i] = keep[i] ? a[i] * scale : T(0);
 }
 
+// The shape, weights and input of layer l, direction d (d == 1 runs in reverse).
+template <class T>
+void set_layer(LayerShape<T>& p, const StackConfig& cfg, int64_t l, int64_t d,
+               const StackWeights<T>& w, const T* x, const int64_t* lengths) {
+  p.steps = cfg.steps;
+  p.batch = cfg.batch;
+  p.input = cfg.layer_input(l);
+  p.hidden = cfg.hidden;
+  p.proj = cfg.proj;
+  p.x = x;
+  p.w_ih = w.w_ih;
+  p.w_hh = w.w_hh;
+  p.b_ih = w.b_ih;
+  p.b_hh = w.b_hh;
+  p.w_hr = w.w_hr;
+  p.lengths = lengths;
+  p.reverse = d == 1;
+}
+
 }  // namespace
 
 template <class T>
@@ -131,19 +150,7 @@ StackStatePtr<T> stack_forward(const StackConfig& cfg, const std::vector<StackWe
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       ForwardParams<T> p;
-      p.steps = Tn;
-      p.batch = B;
-      p.input = cfg.layer_input(l);
-      p.hidden = H;
-      p.proj = cfg.proj;
-      p.x = in;
-      p.w_ih = w[k].w_ih;
-      p.w_hh = w[k].w_hh;
-      p.b_ih = w[k].b_ih;
-      p.b_hh = w[k].b_hh;
-      p.w_hr = w[k].w_hr;
-      p.lengths = lens;
-      p.reverse = d == 1;
+      set_layer(p, cfg, l, d, w[k], in, lens);
       p.h0 = h0 ? h0 + k * B * R : nullptr;
       p.c0 = c0 ? c0 + k * B * H : nullptr;
       p.y = out + d * R;
@@ -207,19 +214,7 @@ void stack_backward(const StackState<T>& st, const std::vector<StackWeights<T>>&
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       BackwardParams<T> p;
-      p.steps = Tn;
-      p.batch = B;
-      p.input = cfg.layer_input(l);
-      p.hidden = H;
-      p.proj = cfg.proj;
-      p.x = st.input(l);
-      p.w_ih = w[k].w_ih;
-      p.w_hh = w[k].w_hh;
-      p.b_ih = w[k].b_ih;
-      p.b_hh = w[k].b_hh;
-      p.w_hr = w[k].w_hr;
-      p.lengths = lens;
-      p.reverse = d == 1;
+      set_layer(p, cfg, l, d, w[k], st.input(l), lens);
       p.saved = st.saved[k].get();
       p.h_prev = st.h_prev[k].get();
       p.proj_in = cfg.proj > 0 ? st.proj_in[k].get() : nullptr;

@@ -24,6 +24,8 @@ import re
 
 import numpy as np
 
+from fusedrnn.nn import _make_rng
+
 __all__ = ["uniform_", "normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
            "xavier_normal_", "orthogonal_", "pytorch_default_", "orthogonal_recurrent_",
            "unit_forget_bias_"]
@@ -36,12 +38,7 @@ _B_HH = re.compile(r"bias_hh" + _SUFFIX + r"$")
 
 
 def _rng(rng):
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, "
-                    f"got {type(rng).__name__}")
+    return _make_rng(rng)
 
 
 def _check(a):
