@@ -33,8 +33,14 @@ FUSEDRNN_HOST_DEVICE float exp_fast(float x) {
   p = p * r2 + r + 1.0f;
   // 2^n with n in [-126, 127]: build the exponent bits.
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+#if defined(__CUDA_ARCH__)
+  const float scale = __int_as_float(bits);
+#elif defined(__GNUC__)
+  const float scale = __builtin_bit_cast(float, bits);  // a memcpy here blocks vectorisation
+#else
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
+#endif
   return p * scale;
 }
 

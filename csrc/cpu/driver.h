@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "cpu/gemm.h"
+#include "cpu/microkernel.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/params.h"
 
@@ -123,7 +124,8 @@ void forward(const ForwardParams<T>& p) {
   const int64_t ld_y = p.ld_y ? p.ld_y : R;
   const int nt = loop_threads(H);
 
-  int64_t o_xp = Tn * B * GH, o_wp = G1 * H * R, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
+  // Packed W_hh: each thread's G1*nj rows in kLanes-row panels (padding: < kLanes rows each).
+  int64_t o_xp = Tn * B * GH, o_wp = (G1 * H + kLanes * nt) * R, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
           o_c = B * H, o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
           o_sv = training ? 0 : B * S * H, o_zero = GH;
   Workspace<T> ws({&o_xp, &o_wp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv, &o_zero});
@@ -158,11 +160,12 @@ void forward(const ForwardParams<T>& p) {
   {
     const Slice sl(H, P, nt, omp_get_thread_num());
     const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
-    // This thread's W_hh rows, gate-major: packed row g*nj + (j - j0) is W_hh row g*H + j.
-    T* wp = wpack + G1 * j0 * R;
-    for (int g = 0; g < G1; ++g)
-      for (int64_t j = j0; j < j1; ++j)
-        std::memcpy(wp + (g * nj + j - j0) * R, p.w_hh + (g * H + j) * R, sizeof(T) * R);
+    // This thread's W_hh rows, gate-major (packed row g*nj + (j - j0) is W_hh row g*H + j),
+    // in panels for the step's micro-kernel; packed by the thread that uses them.
+    T* wp = wpack + (G1 * j0 + kLanes * omp_get_thread_num()) * R;
+    pack_panels(wp, G1 * nj, R, [&](int64_t i) {
+      return p.w_hh + ((i / nj) * H + j0 + i % nj) * R;
+    });
     T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's recurrent pre-activations
     const int64_t ldh = G * nj;
     T* h_cur = hbuf[0];
@@ -179,7 +182,7 @@ void forward(const ForwardParams<T>& p) {
     };
 
     for (int64_t s = 0; s < steps; ++s) {
-      gemm<T>(false, true, B, G1 * nj, R, T(1), h_cur, R, wp, R, T(0), hpt, ldh);
+      packed_gemm<T>(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
 
       if constexpr (Cell::kTwoPhase) {
         for (int64_t b = 0; b < B; ++b) {
@@ -188,7 +191,7 @@ void forward(const ForwardParams<T>& p) {
           T* sv = saved_at(te, b);
           const T* xrow = xp + (te * B + b) * GH;
           const T* hrow = hpt + b * ldh - j0;
-#pragma omp simd
+#pragma GCC ivdep
           for (int64_t j = j0; j < j1; ++j) {
             T ax[G], ah[G];
             FUSEDRNN_GATHER(G1)
@@ -211,7 +214,7 @@ void forward(const ForwardParams<T>& p) {
         // h_prev of the same unit exists only without projection (R == H): GRU's z h path.
         const T* hprev = proj ? zeros : h_cur + b * R;
         T* cb = c + b * H;
-#pragma omp simd
+#pragma GCC ivdep
         for (int64_t j = j0; j < j1; ++j) {
           T ax[G], ah[G];
           FUSEDRNN_GATHER(G)
@@ -351,7 +354,7 @@ void backward(const BackwardParams<T>& p) {
         T* direct_dst = proj ? dout + b * H : dh_next + b * R;
         T* dcb = dc + b * H;
         constexpr int g0 = Cell::kTwoPhase ? 1 : 0;  // d(a_r) of the two-phase GRU: phase 2
-#pragma omp simd
+#pragma GCC ivdep
         for (int64_t j = j0; j < j1; ++j) {
           T dcj = Cell::kHasCellState ? dcb[j] : T(0);
           T dax[G], dah[G], direct;
@@ -376,7 +379,7 @@ void backward(const BackwardParams<T>& p) {
           if (!map.active(s, b)) continue;
           const int64_t row = map.time(s, b) * B + b;
           const T* sv = p.saved + row * S * H;
-#pragma omp simd
+#pragma GCC ivdep
           for (int64_t j = j0; j < j1; ++j) {
             T dar, direct = dh_next[b * R + j];
             Cell::backward_reset(sv + j, H, drh[b * H + j], p.h_prev[row * R + j], dar, direct);
