@@ -163,8 +163,8 @@ void forward(const ForwardParams<T>& p) {
     // This thread's W_hh rows, gate-major (packed row g*nj + (j - j0) is W_hh row g*H + j),
     // in panels for the step's micro-kernel; packed by the thread that uses them.
     T* wp = wpack + (G1 * j0 + kLanes * omp_get_thread_num()) * R;
-    pack_panels(wp, G1 * nj, R, [&](int64_t i) {
-      return p.w_hh + ((i / nj) * H + j0 + i % nj) * R;
+    pack_panels(wp, G1 * nj, R, [&](int64_t i, int64_t k) {
+      return p.w_hh[((i / nj) * H + j0 + i % nj) * R + k];
     });
     T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's recurrent pre-activations
     const int64_t ldh = G * nj;
@@ -182,7 +182,7 @@ void forward(const ForwardParams<T>& p) {
     };
 
     for (int64_t s = 0; s < steps; ++s) {
-      packed_gemm<T>(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
+      packed_gemm(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
 
       if constexpr (Cell::kTwoPhase) {
         for (int64_t b = 0; b < B; ++b) {
@@ -279,9 +279,10 @@ void backward(const BackwardParams<T>& p) {
   int64_t o_dxp = TB * GH, o_dhp = Cell::kSplitGrad ? TB * GH : 0, o_step = B * GH,
           o_dh0 = B * R, o_dh1 = B * R, o_dc = B * H, o_dout = proj ? B * H : 0,
           o_dproj = proj ? TB * P : 0, o_drh = Cell::kTwoPhase ? B * H : 0, o_ones = TB,
-          o_zero = H;
+          o_zero = H, o_wpb = (R + kLanes * nt) * Cell::kPhase1Gates * H;
   Workspace<T> ws({&o_dxp, &o_dhp, &o_step, &o_dh0, &o_dh1, &o_dc, &o_dout, &o_dproj, &o_drh,
-                   &o_ones, &o_zero});
+                   &o_ones, &o_zero, &o_wpb});
+  T* wpack = ws.at(o_wpb);
   T* zeros = ws.at(o_zero);  // stands in for h_prev with a projection (no branch in the loop)
   std::fill(zeros, zeros + H, T(0));
   T* dxp = ws.at(o_dxp);                           // d(input pre-activations), by time
@@ -312,6 +313,11 @@ void backward(const BackwardParams<T>& p) {
     const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
     T* dh_cur = dhbuf[0];
     T* dh_next = dhbuf[1];
+    // dh_prev[:, q0:q1] += dstep W_hh[:k_rec, q0:q1]: this thread's W_hh columns as panels.
+    T* wpb = wpack + (q0 + kLanes * omp_get_thread_num()) * k_rec;
+    pack_panels(wpb, q1 - q0, k_rec, [&](int64_t i, int64_t k) {
+      return p.w_hh[k * R + q0 + i];
+    });
 
     for (int64_t s = steps - 1; s >= 0; --s) {
       // This thread's recurrent columns: the total gradient reaching each state.
@@ -392,8 +398,7 @@ void backward(const BackwardParams<T>& p) {
 #pragma omp barrier
       // dh_prev[:, q0:q1] += dstep W_hh[:, q0:q1]
       if (q1 > q0)
-        gemm<T>(false, false, B, q1 - q0, k_rec, T(1), dstep, GH, p.w_hh + q0, R, T(1),
-                dh_next + q0, R);
+        packed_gemm<true>(B, q1 - q0, k_rec, dstep, GH, wpb, dh_next + q0, R);
 #pragma omp barrier
       std::swap(dh_cur, dh_next);
     }

@@ -20,20 +20,15 @@ constexpr int kLanes = 16;
 // Panels needed for n rows.
 inline int64_t panel_count(int64_t n) { return (n + kLanes - 1) / kLanes; }
 
-// Packs rows row(0..n-1) of length K (row(i) gives a pointer) into panels; pads with zeros.
-template <class T, class RowFn>
-void pack_panels(T* dst, int64_t n, int64_t K, RowFn row) {
+// Packs an n x K matrix given elementwise, value(i, k), into panels; pads with zeros.
+template <class T, class ValueFn>
+void pack_panels(T* dst, int64_t n, int64_t K, ValueFn value) {
   const int64_t np = panel_count(n);
   for (int64_t p = 0; p < np; ++p) {
     T* panel = dst + p * kLanes * K;
     for (int v = 0; v < kLanes; ++v) {
       const int64_t i = p * kLanes + v;
-      if (i < n) {
-        const T* src = row(i);
-        for (int64_t k = 0; k < K; ++k) panel[k * kLanes + v] = src[k];
-      } else {
-        for (int64_t k = 0; k < K; ++k) panel[k * kLanes + v] = T(0);
-      }
+      for (int64_t k = 0; k < K; ++k) panel[k * kLanes + v] = i < n ? value(i, k) : T(0);
     }
   }
 }
@@ -54,7 +49,7 @@ template <class T>
 using PanelVec = typename PanelVecOf<T>::type;
 
 // MR rows of A times NP consecutive panels: MR*NP vector accumulators.
-template <int MR, int NP, class T>
+template <int MR, int NP, bool kAccumulate, class T>
 inline void micro_tile(const T* __restrict a, int64_t lda, const T* __restrict panels,
                        int64_t K, T* __restrict c, int64_t ldc, int64_t ncols) {
   using V = PanelVec<T>;
@@ -81,28 +76,34 @@ inline void micro_tile(const T* __restrict a, int64_t lda, const T* __restrict p
     for (int q = 0; q < NP; ++q) {
       const int64_t n0 = q * kLanes;
       const int64_t nv = std::min<int64_t>(kLanes, ncols - n0);
+      T* dst = c + r * ldc + n0;
       if (nv == kLanes) {
-        std::memcpy(c + r * ldc + n0, &acc[r][q], sizeof(V));
+        if (kAccumulate) {
+          V old;
+          std::memcpy(&old, dst, sizeof(V));
+          acc[r][q] += old;
+        }
+        std::memcpy(dst, &acc[r][q], sizeof(V));
       } else if (nv > 0) {
         T tmp[kLanes];
         std::memcpy(tmp, &acc[r][q], sizeof(V));
-        for (int64_t v = 0; v < nv; ++v) c[r * ldc + n0 + v] = tmp[v];
+        for (int64_t v = 0; v < nv; ++v) dst[v] = kAccumulate ? dst[v] + tmp[v] : tmp[v];
       }
     }
 }
 
 // Rows [0, MR) of A against every panel, NP panels at a time.
-template <int MR, int NP, class T>
+template <int MR, int NP, bool kAccumulate, class T>
 inline void micro_rows(const T* a, int64_t lda, const T* panels, int64_t K, T* c, int64_t ldc,
                        int64_t N) {
   const int64_t np = panel_count(N);
   int64_t p = 0;
   for (; p + NP <= np; p += NP)
-    micro_tile<MR, NP>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
-                       N - p * kLanes);
+    micro_tile<MR, NP, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
+                                    N - p * kLanes);
   for (; p < np; ++p)
-    micro_tile<MR, 1>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
-                      N - p * kLanes);
+    micro_tile<MR, 1, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
+                                   N - p * kLanes);
 }
 
 #if defined(__AVX512F__)
@@ -113,10 +114,10 @@ constexpr int kVecBytes = 32;
 constexpr int kVecBytes = 16;
 #endif
 
-// C(M, N) = A(M, K) * W^T with W packed by pack_panels (N rows). Tiles keep about 12 vector
+// C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed by pack_panels (N rows). Tiles keep about 12 vector
 // accumulators in registers (SSE and AVX2 have 16, AVX-512 32); a single row takes more
 // panels at once so that enough independent accumulators hide the FMA latency.
-template <class T>
+template <bool kAccumulate = false, class T>
 void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* panels,
                  T* c, int64_t ldc) {
   constexpr int rp = int(kLanes * sizeof(T)) / kVecBytes;  // registers per panel: 1, 2, 4, 8
@@ -126,8 +127,9 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const
   int64_t m = 0;
   if (MR > 1)
     for (; m + MR <= M; m += MR)
-      micro_rows<MR, NP>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
-  for (; m < M; ++m) micro_rows<1, NP1>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+      micro_rows<MR, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+  for (; m < M; ++m)
+    micro_rows<1, NP1, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
 }
 
 }  // namespace cpu
