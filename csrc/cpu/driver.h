@@ -155,6 +155,7 @@ void forward(const ForwardParams<T>& p) {
   if (proj) std::fill(out, out + B * H, T(0));
   if (Cell::kTwoPhase) std::fill(rh, rh + B * H, T(0));
   const int64_t steps = max_length(p.lengths, B, Tn);
+  const bool use_panels = B >= panel_min_rows();
 
 #pragma omp parallel num_threads(nt)
   {
@@ -163,9 +164,15 @@ void forward(const ForwardParams<T>& p) {
     // This thread's W_hh rows, gate-major (packed row g*nj + (j - j0) is W_hh row g*H + j),
     // in panels for the step's micro-kernel; packed by the thread that uses them.
     T* wp = wpack + (G1 * j0 + kLanes * omp_get_thread_num()) * R;
-    pack_panels(wp, G1 * nj, R, [&](int64_t i, int64_t k) {
-      return p.w_hh[((i / nj) * H + j0 + i % nj) * R + k];
-    });
+    if (use_panels) {
+      pack_panels(wp, G1 * nj, R, [&](int64_t i, int64_t k) {
+        return p.w_hh[((i / nj) * H + j0 + i % nj) * R + k];
+      });
+    } else {
+      for (int g = 0; g < G1; ++g)
+        for (int64_t j = j0; j < j1; ++j)
+          std::memcpy(wp + (g * nj + j - j0) * R, p.w_hh + (g * H + j) * R, sizeof(T) * R);
+    }
     T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's recurrent pre-activations
     const int64_t ldh = G * nj;
     T* h_cur = hbuf[0];
@@ -182,7 +189,8 @@ void forward(const ForwardParams<T>& p) {
     };
 
     for (int64_t s = 0; s < steps; ++s) {
-      packed_gemm(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
+      if (use_panels) packed_gemm(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
+      else gemm<T>(false, true, B, G1 * nj, R, T(1), h_cur, R, wp, R, T(0), hpt, ldh);
 
       if constexpr (Cell::kTwoPhase) {
         for (int64_t b = 0; b < B; ++b) {
@@ -306,6 +314,7 @@ void backward(const BackwardParams<T>& p) {
   }
   const int64_t steps = max_length(p.lengths, B, Tn);
   const int64_t k_rec = Cell::kPhase1Gates * H;  // W_hh rows acting on h_prev directly
+  const bool use_panels = B >= panel_min_rows();
 
 #pragma omp parallel num_threads(nt)
   {
@@ -315,9 +324,10 @@ void backward(const BackwardParams<T>& p) {
     T* dh_next = dhbuf[1];
     // dh_prev[:, q0:q1] += dstep W_hh[:k_rec, q0:q1]: this thread's W_hh columns as panels.
     T* wpb = wpack + (q0 + kLanes * omp_get_thread_num()) * k_rec;
-    pack_panels(wpb, q1 - q0, k_rec, [&](int64_t i, int64_t k) {
-      return p.w_hh[k * R + q0 + i];
-    });
+    if (use_panels)
+      pack_panels(wpb, q1 - q0, k_rec, [&](int64_t i, int64_t k) {
+        return p.w_hh[k * R + q0 + i];
+      });
 
     for (int64_t s = steps - 1; s >= 0; --s) {
       // This thread's recurrent columns: the total gradient reaching each state.
@@ -397,8 +407,11 @@ void backward(const BackwardParams<T>& p) {
       }
 #pragma omp barrier
       // dh_prev[:, q0:q1] += dstep W_hh[:, q0:q1]
-      if (q1 > q0)
+      if (q1 > q0 && use_panels)
         packed_gemm<true>(B, q1 - q0, k_rec, dstep, GH, wpb, dh_next + q0, R);
+      else if (q1 > q0)
+        gemm<T>(false, false, B, q1 - q0, k_rec, T(1), dstep, GH, p.w_hh + q0, R, T(1),
+                dh_next + q0, R);
 #pragma omp barrier
       std::swap(dh_cur, dh_next);
     }

@@ -7,6 +7,7 @@
 // which re-packed the weights on every call (measured: a third of a B=16 LSTM step).
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "fusedrnn/common.h"
@@ -16,6 +17,17 @@ FUSEDRNN_ISA_BEGIN
 namespace cpu {
 
 constexpr int kLanes = 16;
+// Below this many batch rows the step is a GEMV, which the BLAS does better from plain rows
+// (measured: H=512, B=1 LSTM/GRU 15-45% slower on panels).
+constexpr int64_t kPanelMinRows = 4;
+// FUSEDRNN_PANEL_MIN_ROWS overrides it (for measuring the crossover on a new machine).
+inline int64_t panel_min_rows() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("FUSEDRNN_PANEL_MIN_ROWS");
+    return e && *e ? std::max<int64_t>(1, std::atoll(e)) : kPanelMinRows;
+  }();
+  return v;
+}
 
 // Panels needed for n rows.
 inline int64_t panel_count(int64_t n) { return (n + kLanes - 1) / kLanes; }
@@ -128,8 +140,15 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const
   if (MR > 1)
     for (; m + MR <= M; m += MR)
       micro_rows<MR, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
-  for (; m < M; ++m)
-    micro_rows<1, NP1, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+  // Leftover rows in one pass over W where the registers allow (each pass re-reads W).
+  const int64_t left = M - m;
+  if (MR == 4 && left == 3)
+    micro_rows<3, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+  else if (MR == 4 && left == 2)
+    micro_rows<2, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+  else
+    for (; m < M; ++m)
+      micro_rows<1, NP1, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
 }
 
 }  // namespace cpu
