@@ -122,7 +122,7 @@ def validate(ours, theirs, adapter, x):
 def main(argv=None):
     args = parse_args(argv)
     if args.unset_openblas_env:
-        mb.reexec_without_openblas_env()
+        mb.reexec_without_openblas_env(__file__)
     mb.set_thread_env(args)
     note = mb.load_libraries(want_torch=True)
     if mb.torch is None:

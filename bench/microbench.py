@@ -119,11 +119,13 @@ def parse_args(argv=None):
     return args
 
 
-def reexec_without_openblas_env():
+def reexec_without_openblas_env(script=None):
     """Replaces this process by the same command with OPENBLAS_CORETYPE/_L2_SIZE removed.
 
     OpenBLAS reads them when the library loads, so they are removed from a fresh process
-    rather than from this one. Returns only in the re-executed child."""
+    rather than from this one. ``script``: the script to re-run (default this file; other
+    benchmarks importing this module pass their own ``__file__``). Returns only in the
+    re-executed child."""
     if REEXEC_MARK in os.environ:
         return
     env = dict(os.environ)
@@ -131,7 +133,7 @@ def reexec_without_openblas_env():
     env[REEXEC_MARK] = json.dumps(removed)
     print(f"--unset-openblas-env: re-executing without {', '.join(OPENBLAS_VARS)} "
           f"(were: {removed})", flush=True)
-    script = os.path.abspath(__file__)
+    script = os.path.abspath(script or __file__)
     os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
 
 
