@@ -104,18 +104,25 @@ inline void micro_tile(const T* __restrict a, int64_t lda, const T* __restrict p
     }
 }
 
-// Rows [0, MR) of A against every panel, NP panels at a time.
+// Every row of A against panels [p, p + NP): MR-row tiles, then the leftover rows (in one
+// pass where the registers allow: each pass re-reads the panels, which stay in L1/L2 here).
 template <int MR, int NP, bool kAccumulate, class T>
-inline void micro_rows(const T* a, int64_t lda, const T* panels, int64_t K, T* c, int64_t ldc,
-                       int64_t N) {
-  const int64_t np = panel_count(N);
-  int64_t p = 0;
-  for (; p + NP <= np; p += NP)
-    micro_tile<MR, NP, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
-                                    N - p * kLanes);
-  for (; p < np; ++p)
-    micro_tile<MR, 1, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
-                                   N - p * kLanes);
+inline void panel_group(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda,
+                        const T* panels, int64_t p, T* c, int64_t ldc) {
+  const T* w = panels + p * kLanes * K;
+  T* cp = c + p * kLanes;
+  const int64_t ncols = N - p * kLanes;
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR)
+    micro_tile<MR, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+  const int64_t left = M - m;
+  if (MR == 4 && left == 3)
+    micro_tile<3, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+  else if (MR == 4 && left == 2)
+    micro_tile<2, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+  else
+    for (; m < M; ++m)
+      micro_tile<1, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
 }
 
 #if defined(__AVX512F__)
@@ -136,19 +143,18 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const
   constexpr int MR = rp == 1 ? 4 : (rp == 2 ? 2 : 1);
   constexpr int NP = rp <= 4 ? 3 : 1;
   constexpr int NP1 = rp >= 8 ? 1 : 8 / rp;
-  int64_t m = 0;
-  if (MR > 1)
-    for (; m + MR <= M; m += MR)
-      micro_rows<MR, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
-  // Leftover rows in one pass over W where the registers allow (each pass re-reads W).
-  const int64_t left = M - m;
-  if (MR == 4 && left == 3)
-    micro_rows<3, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
-  else if (MR == 4 && left == 2)
-    micro_rows<2, NP, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
-  else
-    for (; m < M; ++m)
-      micro_rows<1, NP1, kAccumulate>(a + m * lda, lda, panels, K, c + m * ldc, ldc, N);
+  // Panel groups outside, rows inside: a group's panels (NP * 16 * K values) are read from
+  // memory once per step and reused by every row tile from cache.
+  const int64_t np = panel_count(N);
+  if (M < MR) {  // a few rows: more panels per tile for enough independent accumulators
+    int64_t p = 0;
+    for (; p + NP1 <= np; p += NP1) panel_group<1, NP1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
+    for (; p < np; ++p) panel_group<1, 1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
+    return;
+  }
+  int64_t p = 0;
+  for (; p + NP <= np; p += NP) panel_group<MR, NP, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
+  for (; p < np; ++p) panel_group<MR, 1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
 }
 
 }  // namespace cpu
