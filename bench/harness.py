@@ -326,23 +326,7 @@ def torch_inputs(d, requires_grad):
 
 
 def torch_runner(d, mode):
-    m = d.module
-    if mode == "forward":
-        x, hx, _ = torch_inputs(d, False)
-
-        def run():
-            with torch.no_grad():
-                return m(x, hx)
-        return run
-    x, hx, leaves = torch_inputs(d, True)
-
-    def run_train():
-        m.zero_grad(set_to_none=True)
-        for t in (x, *leaves):
-            t.grad = None
-        y, _ = m(x, hx)
-        y.sum().backward()
-    return run_train
+    return mb.torch_run(d.module, mode, lambda rg: torch_inputs(d, rg))
 
 
 def torch_outputs(d):

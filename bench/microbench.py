@@ -311,24 +311,29 @@ def torch_inputs(prob, requires_grad):
     return x, (h0, c0), (h0, c0)
 
 
-def torch_runner(prob, mode):
-    m = torch_module(prob)
+def torch_run(module, mode, inputs):
+    """The timed call for a torch module: no_grad forward, or forward + y.sum().backward().
+    ``inputs(requires_grad)`` gives (x, hx, leaf tensors). Shared with harness.py."""
     if mode == "forward":
-        x, hx, _ = torch_inputs(prob, False)
+        x, hx, _ = inputs(False)
 
         def run():
             with torch.no_grad():
-                return m(x, hx)
+                return module(x, hx)
         return run
-    x, hx, leaves = torch_inputs(prob, True)
+    x, hx, leaves = inputs(True)
 
-    def run():
-        m.zero_grad(set_to_none=True)
+    def run_train():
+        module.zero_grad(set_to_none=True)
         for t in (x, *leaves):
             t.grad = None
-        y, _ = m(x, hx)
+        y, _ = module(x, hx)
         y.sum().backward()
-    return run
+    return run_train
+
+
+def torch_runner(prob, mode):
+    return torch_run(torch_module(prob), mode, lambda rg: torch_inputs(prob, rg))
 
 
 def make_runners(prob, mode):
