@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "cpu/gemm.h"
+#include "cpu/dotkernel.h"
 #include "cpu/microkernel.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/params.h"
@@ -27,7 +28,8 @@ namespace fusedrnn {
 FUSEDRNN_ISA_BEGIN
 namespace cpu {
 
-// One allocation per call, carved into named pieces (default-initialised: no page-touching memset).
+// One buffer per call from the workspace pool (api.h), carved into named pieces; not
+// initialised (no page-touching memset).
 template <class T>
 class Workspace {
  public:
@@ -38,12 +40,16 @@ class Workspace {
       *s = total;  // becomes the offset
       total += (n + 15) / 16 * 16;  // 64-byte aligned pieces for float
     }
-    buf_.reset(new T[total > 0 ? total : 1]);
+    buf_ = static_cast<T*>(workspace_acquire(sizeof(T) * size_t(std::max<int64_t>(total, 1)), capacity_));
   }
-  T* at(int64_t offset) { return buf_.get() + offset; }
+  ~Workspace() { workspace_release(buf_, capacity_); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  T* at(int64_t offset) { return buf_ + offset; }
 
  private:
-  std::unique_ptr<T[]> buf_;
+  T* buf_ = nullptr;
+  size_t capacity_ = 0;
 };
 
 struct StepMap {
@@ -97,16 +103,6 @@ struct Slice {
   int64_t cols() const { return q1 - q0; }
 };
 
-template <class T>
-void add_bias_rows(T* a, const T* bias, int64_t rows, int64_t cols) {
-  const int nt = get_num_threads();
-#pragma omp parallel for num_threads(nt) if (rows * cols >= (1 << 15))
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = a + r * cols;
-    for (int64_t k = 0; k < cols; ++k) row[k] += bias[k];
-  }
-}
-
 // Forward. The time loop is one OpenMP region: each thread owns a block of hidden units with
 // the W_hh rows of all their gates packed contiguously, computes its slice of h W_hh^T with a
 // single-threaded BLAS call, applies the cell, and meets the others at one barrier per step
@@ -124,8 +120,13 @@ void forward(const ForwardParams<T>& p) {
   const int64_t ld_y = p.ld_y ? p.ld_y : R;
   const int nt = loop_threads(H);
 
-  // Packed W_hh: each thread's G1*nj rows in kLanes-row panels (padding: < kLanes rows each).
-  int64_t o_xp = Tn * B * GH, o_wp = (G1 * H + kLanes * nt) * R, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
+  // B >= panel_min_rows(): W_hh packed, each thread's G1*nj rows in kLanes-row panels
+  // (padding: < kLanes rows each); fewer rows: dot_gemm straight from W_hh, nothing packed.
+  const bool use_panels = B >= panel_min_rows();
+  // Few T*B rows: the input projection straight from W_ih's rows too (a BLAS GEMM would
+  // re-pack all of W_ih for a handful of rows); many rows: the BLAS.
+  const bool dot_proj = Tn * B <= dot_projection_max_rows();
+  int64_t o_xp = Tn * B * GH, o_wp = use_panels ? (G1 * H + kLanes * nt) * R : 0, o_hp = B * GH, o_h0 = B * R, o_h1 = B * R,
           o_c = B * H, o_out = proj ? B * H : 0, o_rh = Cell::kTwoPhase ? B * H : 0,
           o_sv = training ? 0 : B * S * H, o_zero = GH;
   Workspace<T> ws({&o_xp, &o_wp, &o_hp, &o_h0, &o_h1, &o_c, &o_out, &o_rh, &o_sv, &o_zero});
@@ -142,9 +143,7 @@ void forward(const ForwardParams<T>& p) {
   T* rh = ws.at(o_rh);
   T* sv_scratch = ws.at(o_sv);
 
-  // Input projection over all T*B rows.
-  gemm_par<T>(false, true, Tn * B, GH, I, T(1), p.x, I, p.w_ih, I, T(0), xp, GH);
-  if (p.b_ih) add_bias_rows(xp, p.b_ih, Tn * B, GH);
+  const T* b_ih = p.b_ih ? p.b_ih : zeros;
 
   if (p.h0) std::memcpy(hbuf[0], p.h0, sizeof(T) * B * R);
   else std::fill(hbuf[0], hbuf[0] + B * R, T(0));
@@ -155,7 +154,6 @@ void forward(const ForwardParams<T>& p) {
   if (proj) std::fill(out, out + B * H, T(0));
   if (Cell::kTwoPhase) std::fill(rh, rh + B * H, T(0));
   const int64_t steps = max_length(p.lengths, B, Tn);
-  const bool use_panels = B >= panel_min_rows();
 
 #pragma omp parallel num_threads(nt)
   {
@@ -164,24 +162,36 @@ void forward(const ForwardParams<T>& p) {
     // This thread's W_hh rows, gate-major (packed row g*nj + (j - j0) is W_hh row g*H + j),
     // in panels for the step's micro-kernel; packed by the thread that uses them.
     T* wp = wpack + (G1 * j0 + kLanes * omp_get_thread_num()) * R;
-    if (use_panels) {
-      pack_panels(wp, G1 * nj, R, [&](int64_t i, int64_t k) {
-        return p.w_hh[((i / nj) * H + j0 + i % nj) * R + k];
+    if (use_panels)
+      pack_rows_to_panels(wp, G1 * nj, R, [&](int64_t i) {
+        return p.w_hh + ((i / nj) * H + j0 + i % nj) * R;
       });
-    } else {
-      for (int g = 0; g < G1; ++g)
-        for (int64_t j = j0; j < j1; ++j)
-          std::memcpy(wp + (g * nj + j - j0) * R, p.w_hh + (g * H + j) * R, sizeof(T) * R);
-    }
     T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's recurrent pre-activations
     const int64_t ldh = G * nj;
+
+    // This thread's input pre-activations (T*B, G*nj), all steps at once, b_ih added.
+    T* xpt = xp + Tn * B * G * j0;
+    for (int g = 0; g < G; ++g) {
+      if (dot_proj)
+        dot_gemm(Tn * B, nj, I, p.x, I, p.w_ih + (g * H + j0) * I, I, xpt + g * nj, ldh);
+      else
+        gemm<T>(false, true, Tn * B, nj, I, T(1), p.x, I, p.w_ih + (g * H + j0) * I, I, T(0),
+                xpt + g * nj, ldh);
+    }
+    for (int64_t r = 0; r < Tn * B; ++r)
+      for (int g = 0; g < G; ++g) {
+        T* dst = xpt + r * ldh + g * nj - j0;
+        const T* bias = b_ih + g * H;
+#pragma GCC ivdep
+        for (int64_t j = j0; j < j1; ++j) dst[j] += bias[j];
+      }
     T* h_cur = hbuf[0];
     T* h_next = hbuf[1];
 
     // The unit's gate pre-activations, input part and recurrent part (both biases in).
 #define FUSEDRNN_GATHER(GATES)                                   \
   _Pragma("GCC unroll 4") for (int g = 0; g < (GATES); ++g) {    \
-    ax[g] = xrow[g * H + j];                                     \
+    ax[g] = xrow[g * nj + j];                                    \
     ah[g] = hrow[g * nj + j] + b_hh[g * H + j];                  \
   }
     auto saved_at = [&](int64_t te, int64_t b) -> T* {
@@ -189,15 +199,19 @@ void forward(const ForwardParams<T>& p) {
     };
 
     for (int64_t s = 0; s < steps; ++s) {
-      if (use_panels) packed_gemm(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
-      else gemm<T>(false, true, B, G1 * nj, R, T(1), h_cur, R, wp, R, T(0), hpt, ldh);
+      if (use_panels) {
+        packed_gemm(B, G1 * nj, R, h_cur, R, wp, hpt, ldh);
+      } else {  // a few rows: straight from W_hh's rows, nothing packed
+        for (int g = 0; g < G1; ++g)
+          dot_gemm(B, nj, R, h_cur, R, p.w_hh + (g * H + j0) * R, R, hpt + g * nj, ldh);
+      }
 
       if constexpr (Cell::kTwoPhase) {
         for (int64_t b = 0; b < B; ++b) {
           if (!map.active(s, b)) continue;
           const int64_t te = map.time(s, b);
           T* sv = saved_at(te, b);
-          const T* xrow = xp + (te * B + b) * GH;
+          const T* xrow = xpt + (te * B + b) * ldh - j0;
           const T* hrow = hpt + b * ldh - j0;
 #pragma GCC ivdep
           for (int64_t j = j0; j < j1; ++j) {
@@ -217,7 +231,7 @@ void forward(const ForwardParams<T>& p) {
         const int64_t te = map.time(s, b);
         T* sv = saved_at(te, b);
         T* dst = proj ? out + b * H : h_next + b * R;
-        const T* xrow = xp + (te * B + b) * GH;
+        const T* xrow = xpt + (te * B + b) * ldh - j0;
         const T* hrow = hpt + b * ldh - j0;
         // h_prev of the same unit exists only without projection (R == H): GRU's z h path.
         const T* hprev = proj ? zeros : h_cur + b * R;
@@ -325,9 +339,7 @@ void backward(const BackwardParams<T>& p) {
     // dh_prev[:, q0:q1] += dstep W_hh[:k_rec, q0:q1]: this thread's W_hh columns as panels.
     T* wpb = wpack + (q0 + kLanes * omp_get_thread_num()) * k_rec;
     if (use_panels)
-      pack_panels(wpb, q1 - q0, k_rec, [&](int64_t i, int64_t k) {
-        return p.w_hh[k * R + q0 + i];
-      });
+      pack_cols_to_panels(wpb, q1 - q0, k_rec, p.w_hh + q0, R);
 
     for (int64_t s = steps - 1; s >= 0; --s) {
       // This thread's recurrent columns: the total gradient reaching each state.

@@ -29,18 +29,53 @@ inline int64_t panel_min_rows() {
   return v;
 }
 
+// Up to this many T*B rows the forward's input projection runs on dot_gemm (dotkernel.h)
+// rather than the BLAS; FUSEDRNN_DOT_PROJ_ROWS overrides it.
+constexpr int64_t kDotProjMaxRows = 256;
+inline int64_t dot_projection_max_rows() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("FUSEDRNN_DOT_PROJ_ROWS");
+    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : kDotProjMaxRows;
+  }();
+  return v;
+}
+
 // Panels needed for n rows.
 inline int64_t panel_count(int64_t n) { return (n + kLanes - 1) / kLanes; }
 
-// Packs an n x K matrix given elementwise, value(i, k), into panels; pads with zeros.
-template <class T, class ValueFn>
-void pack_panels(T* dst, int64_t n, int64_t K, ValueFn value) {
+// Packs n rows of length K, row(i) -> pointer to row i, into panels (a transpose: panel[k][v]
+// = row(p * kLanes + v)[k]); pads with zeros. Blocked by kLanes x kLanes tiles so reads and
+// writes both stay in L1 (unblocked, each row's pass over a panel evicts the last one's lines).
+template <class T, class RowFn>
+void pack_rows_to_panels(T* dst, int64_t n, int64_t K, RowFn row) {
   const int64_t np = panel_count(n);
   for (int64_t p = 0; p < np; ++p) {
     T* panel = dst + p * kLanes * K;
-    for (int v = 0; v < kLanes; ++v) {
-      const int64_t i = p * kLanes + v;
-      for (int64_t k = 0; k < K; ++k) panel[k * kLanes + v] = i < n ? value(i, k) : T(0);
+    const T* src[kLanes];
+    int nv = 0;
+    for (int v = 0; v < kLanes; ++v)
+      if (p * kLanes + v < n) src[nv++] = row(p * kLanes + v);
+    for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+      const int64_t kn = std::min<int64_t>(kLanes, K - k0);
+      for (int v = 0; v < nv; ++v)
+        for (int64_t k = 0; k < kn; ++k) panel[(k0 + k) * kLanes + v] = src[v][k0 + k];
+      for (int v = nv; v < kLanes; ++v)
+        for (int64_t k = 0; k < kn; ++k) panel[(k0 + k) * kLanes + v] = T(0);
+    }
+  }
+}
+
+// Packs the n x K matrix whose element (i, k) is src[k * ld + i] (columns of a row-major
+// matrix) into panels: each panel row is kLanes contiguous source values.
+template <class T>
+void pack_cols_to_panels(T* dst, int64_t n, int64_t K, const T* src, int64_t ld) {
+  const int64_t np = panel_count(n);
+  for (int64_t p = 0; p < np; ++p) {
+    T* panel = dst + p * kLanes * K;
+    const int64_t nv = std::min<int64_t>(kLanes, n - p * kLanes);
+    for (int64_t k = 0; k < K; ++k) {
+      std::memcpy(panel + k * kLanes, src + k * ld + p * kLanes, sizeof(T) * nv);
+      for (int64_t v = nv; v < kLanes; ++v) panel[k * kLanes + v] = T(0);
     }
   }
 }
@@ -104,6 +139,78 @@ inline void micro_tile(const T* __restrict a, int64_t lda, const T* __restrict p
     }
 }
 
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+// M rows of A (a few) against ONE panel with KS accumulators per row over interleaved k
+// (k mod KS): enough independent FMA chains to hide the latency while the packed weights are
+// read as a single sequential stream (one panel after another), which the hardware prefetcher
+// follows; several panels at once would be several streams K*kLanes apart. Small batches are
+// bound by the bandwidth of reading W_hh each step (L2 or L3), so the one stream matters.
+template <int M, int KS, bool kAccumulate, class T>
+inline void micro_tile_ks(const T* __restrict a, int64_t lda, const T* __restrict panel,
+                          int64_t K, T* __restrict c, int64_t ldc, int64_t ncols) {
+  using V = PanelVec<T>;
+  V acc[M][KS];
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r)
+#pragma GCC unroll 8
+    for (int u = 0; u < KS; ++u) acc[r][u] = V{};
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 8
+    for (int u = 0; u < KS; ++u) {
+      V w;
+      std::memcpy(&w, panel + (k + u) * kLanes, sizeof(V));
+#pragma GCC unroll 8
+      for (int r = 0; r < M; ++r) acc[r][u] += a[r * lda + k + u] * w;
+    }
+  }
+  for (; k < K; ++k) {
+    V w;
+    std::memcpy(&w, panel + k * kLanes, sizeof(V));
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) acc[r][0] += a[r * lda + k] * w;
+  }
+  const int64_t nv = std::min<int64_t>(kLanes, ncols);
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
+#pragma GCC unroll 8
+    for (int u = 1; u < KS; ++u) acc[r][0] += acc[r][u];
+    T* dst = c + r * ldc;
+    if (nv == kLanes) {
+      if (kAccumulate) {
+        V old;
+        std::memcpy(&old, dst, sizeof(V));
+        acc[r][0] += old;
+      }
+      std::memcpy(dst, &acc[r][0], sizeof(V));
+    } else {
+      T tmp[kLanes];
+      std::memcpy(tmp, &acc[r][0], sizeof(V));
+      for (int64_t v = 0; v < nv; ++v) dst[v] = kAccumulate ? dst[v] + tmp[v] : tmp[v];
+    }
+  }
+}
+
+// Rows [0, M) with M < 4 against every panel, one panel at a time (see micro_tile_ks).
+template <int M, bool kAccumulate, class T>
+inline void small_batch_panels(int64_t N, int64_t K, const T* a, int64_t lda, const T* panels,
+                               T* c, int64_t ldc) {
+  constexpr int rp = int(kLanes * sizeof(T)) / kVecBytes;  // registers per panel
+  // About 12 vector accumulators (at least 8 chains in flight hide the FMA latency).
+  constexpr int KS = std::max(1, std::min(8, 12 / (M * rp)));
+  const int64_t np = panel_count(N);
+  for (int64_t p = 0; p < np; ++p)
+    micro_tile_ks<M, KS, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
+                                      N - p * kLanes);
+}
+
 // Every row of A against panels [p, p + NP): MR-row tiles, then the leftover rows (in one
 // pass where the registers allow: each pass re-reads the panels, which stay in L1/L2 here).
 template <int MR, int NP, bool kAccumulate, class T>
@@ -125,15 +232,8 @@ inline void panel_group(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda
       micro_tile<1, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
 }
 
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
 
-// C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed by pack_panels (N rows). Tiles keep about 12 vector
+// C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed into panels (N rows). Tiles keep about 12 vector
 // accumulators in registers (SSE and AVX2 have 16, AVX-512 32); a single row takes more
 // panels at once so that enough independent accumulators hide the FMA latency.
 template <bool kAccumulate = false, class T>
@@ -142,14 +242,13 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const
   constexpr int rp = int(kLanes * sizeof(T)) / kVecBytes;  // registers per panel: 1, 2, 4, 8
   constexpr int MR = rp == 1 ? 4 : (rp == 2 ? 2 : 1);
   constexpr int NP = rp <= 4 ? 3 : 1;
-  constexpr int NP1 = rp >= 8 ? 1 : 8 / rp;
   // Panel groups outside, rows inside: a group's panels (NP * 16 * K values) are read from
   // memory once per step and reused by every row tile from cache.
   const int64_t np = panel_count(N);
-  if (M < MR) {  // a few rows: more panels per tile for enough independent accumulators
-    int64_t p = 0;
-    for (; p + NP1 <= np; p += NP1) panel_group<1, NP1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
-    for (; p < np; ++p) panel_group<1, 1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
+  if (M < 4) {  // a few rows: one panel at a time, split-k accumulators (micro_tile_ks)
+    if (M == 1) small_batch_panels<1, kAccumulate>(N, K, a, lda, panels, c, ldc);
+    else if (M == 2) small_batch_panels<2, kAccumulate>(N, K, a, lda, panels, c, ldc);
+    else small_batch_panels<3, kAccumulate>(N, K, a, lda, panels, c, ldc);
     return;
   }
   int64_t p = 0;

@@ -2,8 +2,12 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
@@ -31,6 +35,66 @@ int get_num_threads() {
     set_num_threads(n);
   }
   return n;
+}
+
+// Workspace buffers are kept between calls: a fresh multi-megabyte allocation is a fresh
+// mmap, and faulting its pages in (and unmapping them after) cost more than the whole B=1
+// LSTM H=1024 forward it served (perf: clear_page/exc_page_fault on top).
+namespace {
+struct CachedBuffer {
+  void* ptr;
+  size_t bytes;
+};
+std::mutex g_pool_mutex;
+std::vector<CachedBuffer> g_pool;  // idle buffers
+constexpr size_t kPoolMaxBuffers = 8;
+constexpr size_t kPoolMaxBytes = size_t(512) << 20;  // idle bytes kept at most
+
+size_t pool_bytes() {
+  size_t n = 0;
+  for (const auto& b : g_pool) n += b.bytes;
+  return n;
+}
+}  // namespace
+
+void* workspace_acquire(size_t bytes, size_t& capacity) {
+  bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    // The smallest idle buffer that fits, unless it is much larger than needed.
+    auto best = g_pool.end();
+    for (auto it = g_pool.begin(); it != g_pool.end(); ++it)
+      if (it->bytes >= bytes && it->bytes <= 4 * bytes &&
+          (best == g_pool.end() || it->bytes < best->bytes))
+        best = it;
+    if (best != g_pool.end()) {
+      void* p = best->ptr;
+      capacity = best->bytes;
+      g_pool.erase(best);
+      return p;
+    }
+  }
+  void* p = std::aligned_alloc(64, bytes);
+  FUSEDRNN_CHECK(p != nullptr, "out of memory allocating a ", bytes, "-byte workspace");
+  capacity = bytes;
+  return p;
+}
+
+void workspace_release(void* ptr, size_t capacity) {
+  if (!ptr) return;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  g_pool.push_back({ptr, capacity});
+  // Over the limits: free the oldest idle buffers.
+  while (g_pool.size() > kPoolMaxBuffers || (g_pool.size() > 1 && pool_bytes() > kPoolMaxBytes)) {
+    std::free(g_pool.front().ptr);
+    g_pool.erase(g_pool.begin());
+  }
+}
+
+void workspace_trim() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  for (const auto& b : g_pool) std::free(b.ptr);
+  g_pool.clear();
 }
 
 std::string blas_name() { return "scipy-openblas32 (OpenBLAS)"; }

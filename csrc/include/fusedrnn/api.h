@@ -1,5 +1,6 @@
 #pragma once
 // C++ entry points of the CPU backend. Bindings include only this header.
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -8,6 +9,12 @@
 #include "fusedrnn/params.h"
 
 namespace fusedrnn {
+
+// Workspace memory, kept between calls (cpu/runtime.cpp). acquire returns at least `bytes`
+// (64-byte aligned) and its capacity, which release takes back; trim frees every idle buffer.
+void* workspace_acquire(size_t bytes, size_t& capacity);
+void workspace_release(void* ptr, size_t capacity);
+void workspace_trim();
 
 template <class T>
 void layer_forward(CellKind kind, const ForwardParams<T>& p);
