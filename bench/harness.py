@@ -645,6 +645,25 @@ def summarize(case, mode, threads, times, repeats, warmup, sgemm):
     row["speedup_vs_numpy_ref"] = ratio("numpy_ref")
     best = [r for r in (ratio("torch"), ratio("ort")) if r is not None]
     row["speedup_vs_best_inference"] = min(best) if mode == "forward" and best else None
+    # The target for this row, and the most any kernel could reach against the same
+    # peer at this machine's large-SGEMM rate (a compute roofline: every FLOP at that rate).
+    if mode == "forward":
+        row["target"] = 1.3 if case.B == 1 else 1.0
+        achieved = row["speedup_vs_best_inference"]
+        peers = [p for p in ("torch", "ort") if p in row["peers"]]
+    else:
+        row["target"] = (1.5 if case.B == 1 else 1.0) if case.cell == "lstm" else 2.0
+        achieved = row["speedup_vs_torch"]
+        peers = ["torch"] if "torch" in row["peers"] else []
+    row["target_met"] = None if achieved is None else achieved >= row["target"]
+    floor_ms = flops / (sgemm["gflops"] * 1e6)
+    row["compute_ceiling"] = (min(row["peers"][p]["median_ms"] for p in peers) / floor_ms
+                              if peers else None)
+    # Small batches read every recurrent weight each step (from L2 or L3): GB/s achieved.
+    G, R = case.G, case.H
+    w_bytes = 4 * case.layers * case.directions * (
+        case.T * G * case.H * R + G * case.H * case.I)
+    row["weight_read_gbs"] = w_bytes / (fused_ms * 1e6) if case.B <= 4 else None
     return row
 
 
@@ -654,7 +673,9 @@ def benchmark_all(args, all_cases, sgemm):
           f"(1 above {HEAVY_GFLOP:g} GFLOP), at least 3 past {args.budget:g} s (*); "
           f"float32, I=H;\nratios = peer ms / fusedrnn ms (>1: fusedrnn faster); best/f: "
           f"faster of torch and ort; %sgemm: fusedrnn forward GFLOP/s / SGEMM GFLOP/s "
-          f"(B>={SGEMM_MIN_B});\nother: cores busy with other processes (or stolen by the host) "
+          f"(B>={SGEMM_MIN_B});\ntarget: the issue's ratio (inference vs best, training vs torch), "
+          f"'!' = missed; ceil: the ratio at the SGEMM rate (no kernel can pass it);\n"
+          f"W GB/s (B<=4): recurrent weights read per step plus W_ih once, per second;\nother: cores busy with other processes (or stolen by the host) "
           f"while the row was timed -- near 0 for trustworthy numbers\n")
     print(table_header(), flush=True)
     rows = []
@@ -711,6 +732,11 @@ TABLE = [  # (header, width, cell text)
     ("ort/f", 7, lambda r: _x(r["speedup_vs_ort"])),
     ("ref/f", 7, lambda r: _x(r["speedup_vs_numpy_ref"])),
     ("best/f", 7, lambda r: _x(r["speedup_vs_best_inference"])),
+    ("target", 6, lambda r: f"{r['target']:.1f}x" + ("" if r["target_met"] is None
+                                                     else (" " if r["target_met"] else "!"))),
+    ("ceil", 6, lambda r: _x(r["compute_ceiling"])),
+    ("W GB/s", 6, lambda r: "-" if r["weight_read_gbs"] is None
+     else f"{r['weight_read_gbs']:.0f}"),
     ("other", 5, lambda r: "-" if r.get("others_cores") is None
      else f"{r['others_cores']:.1f}"),
 ]

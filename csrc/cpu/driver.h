@@ -297,11 +297,13 @@ void backward(const BackwardParams<T>& p) {
   const T beta_dx = p.accumulate_dx ? T(1) : T(0);
   const T beta_w = p.accumulate_grads ? T(1) : T(0);
   const int nt = loop_threads(H);
+  const bool use_panels = B >= panel_min_rows();  // else W_hh is read in place
 
   int64_t o_dxp = TB * GH, o_dhp = Cell::kSplitGrad ? TB * GH : 0, o_step = B * GH,
           o_dh0 = B * R, o_dh1 = B * R, o_dc = B * H, o_dout = proj ? B * H : 0,
           o_dproj = proj ? TB * P : 0, o_drh = Cell::kTwoPhase ? B * H : 0, o_ones = TB,
-          o_zero = H, o_wpb = (R + kLanes * nt) * Cell::kPhase1Gates * H;
+          o_zero = H,
+          o_wpb = use_panels ? (R + kLanes * nt) * Cell::kPhase1Gates * H : 0;
   Workspace<T> ws({&o_dxp, &o_dhp, &o_step, &o_dh0, &o_dh1, &o_dc, &o_dout, &o_dproj, &o_drh,
                    &o_ones, &o_zero, &o_wpb});
   T* wpack = ws.at(o_wpb);
@@ -328,7 +330,6 @@ void backward(const BackwardParams<T>& p) {
   }
   const int64_t steps = max_length(p.lengths, B, Tn);
   const int64_t k_rec = Cell::kPhase1Gates * H;  // W_hh rows acting on h_prev directly
-  const bool use_panels = B >= panel_min_rows();
 
 #pragma omp parallel num_threads(nt)
   {
@@ -421,9 +422,8 @@ void backward(const BackwardParams<T>& p) {
       // dh_prev[:, q0:q1] += dstep W_hh[:, q0:q1]
       if (q1 > q0 && use_panels)
         packed_gemm<true>(B, q1 - q0, k_rec, dstep, GH, wpb, dh_next + q0, R);
-      else if (q1 > q0)
-        gemm<T>(false, false, B, q1 - q0, k_rec, T(1), dstep, GH, p.w_hh + q0, R, T(1),
-                dh_next + q0, R);
+      else if (q1 > q0)  // a few rows: W_hh read in place, nothing packed
+        direct_gemm_small<true>(B, q1 - q0, k_rec, dstep, GH, p.w_hh + q0, R, dh_next + q0, R);
 #pragma omp barrier
       std::swap(dh_cur, dh_next);
     }

@@ -95,21 +95,23 @@ struct PanelVecOf<double> {
 template <class T>
 using PanelVec = typename PanelVecOf<T>::type;
 
-// MR rows of A times NP consecutive panels: MR*NP vector accumulators.
+// MR rows of A times NP consecutive panels: MR*NP vector accumulators. Panel q's row k is at
+// panels + q * pstride + k * kstride: packed panels have pstride = kLanes * K and kstride =
+// kLanes; a row-major K x N matrix read in place has pstride = kLanes and kstride = its ld.
 template <int MR, int NP, bool kAccumulate, class T>
 inline void micro_tile(const T* __restrict a, int64_t lda, const T* __restrict panels,
-                       int64_t K, T* __restrict c, int64_t ldc, int64_t ncols) {
+                       int64_t K, T* __restrict c, int64_t ldc, int64_t ncols,
+                       int64_t pstride, int64_t kstride) {
   using V = PanelVec<T>;
   V acc[MR][NP];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
     for (int q = 0; q < NP; ++q) acc[r][q] = V{};
-  const int64_t pstride = kLanes * K;
   for (int64_t k = 0; k < K; ++k) {
     V w[NP];
 #pragma GCC unroll 8
-    for (int q = 0; q < NP; ++q) std::memcpy(&w[q], panels + q * pstride + k * kLanes, sizeof(V));
+    for (int q = 0; q < NP; ++q) std::memcpy(&w[q], panels + q * pstride + k * kstride, sizeof(V));
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const T av = a[r * lda + k];
@@ -219,19 +221,58 @@ inline void panel_group(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda
   const T* w = panels + p * kLanes * K;
   T* cp = c + p * kLanes;
   const int64_t ncols = N - p * kLanes;
+  const int64_t ps = kLanes * K;
   int64_t m = 0;
   for (; m + MR <= M; m += MR)
-    micro_tile<MR, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+    micro_tile<MR, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols, ps, kLanes);
   const int64_t left = M - m;
   if (MR == 4 && left == 3)
-    micro_tile<3, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+    micro_tile<3, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols, ps, kLanes);
   else if (MR == 4 && left == 2)
-    micro_tile<2, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+    micro_tile<2, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols, ps, kLanes);
   else
     for (; m < M; ++m)
-      micro_tile<1, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols);
+      micro_tile<1, NP, kAccumulate>(a + m * lda, lda, w, K, cp + m * ldc, ldc, ncols, ps, kLanes);
 }
 
+
+// C(M, N) (+)= A(M, K) * W(K, N) with W row-major as stored (ldw), for M < 4: the
+// backward's dG W_hh at small batches, where packing W_hh (a copy of all of it) would cost
+// as much as the product. Each k step reads NP * kLanes contiguous values of one row of W.
+// Columns past the last full panel (N % kLanes) by a scalar loop: a vector load there could
+// run past the end of W.
+template <int M, bool kAccumulate, class T>
+void direct_small_gemm(int64_t N, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                       T* c, int64_t ldc) {
+  constexpr int rp = int(kLanes * sizeof(T)) / kVecBytes;  // registers per panel
+  constexpr int NP = std::max(1, std::min(8, 12 / (M * rp)));
+  const int64_t full = N / kLanes;
+  int64_t p = 0;
+  for (; p + NP <= full; p += NP)
+    micro_tile<M, NP, kAccumulate>(a, lda, w + p * kLanes, K, c + p * kLanes, ldc, NP * kLanes,
+                                   kLanes, ldw);
+  for (; p < full; ++p)
+    micro_tile<M, 1, kAccumulate>(a, lda, w + p * kLanes, K, c + p * kLanes, ldc, kLanes,
+                                  kLanes, ldw);
+  for (int64_t n = full * kLanes; n < N; ++n)
+    for (int r = 0; r < M; ++r) {
+      T sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += a[r * lda + k] * w[k * ldw + n];
+      c[r * ldc + n] = kAccumulate ? c[r * ldc + n] + sum : sum;
+    }
+}
+
+template <bool kAccumulate = false, class T>
+void direct_gemm_small(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* w,
+                       int64_t ldw, T* c, int64_t ldc) {
+  if (M == 1) direct_small_gemm<1, kAccumulate>(N, K, a, lda, w, ldw, c, ldc);
+  else if (M == 2) direct_small_gemm<2, kAccumulate>(N, K, a, lda, w, ldw, c, ldc);
+  else if (M == 3) direct_small_gemm<3, kAccumulate>(N, K, a, lda, w, ldw, c, ldc);
+  else
+    for (int64_t m = 0; m < M; m += 3)
+      direct_gemm_small<kAccumulate>(std::min<int64_t>(3, M - m), N, K, a + m * lda, lda, w,
+                                     ldw, c + m * ldc, ldc);
+}
 
 // C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed into panels (N rows). Tiles keep about 12 vector
 // accumulators in registers (SSE and AVX2 have 16, AVX-512 32); a single row takes more
