@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -57,6 +58,22 @@ size_t pool_bytes() {
 }
 }  // namespace
 
+// FUSEDRNN_POISON_WORKSPACE=1 fills every workspace with NaN bit patterns before use, so that
+// a kernel reading workspace it did not write fails the tests deterministically (a reused
+// buffer holds whatever the last call left; a fresh one, zeros).
+static bool poison_workspace() {
+  static const bool v = [] {
+    const char* e = std::getenv("FUSEDRNN_POISON_WORKSPACE");
+    return e && *e && *e != '0';
+  }();
+  return v;
+}
+
+static void* poisoned(void* p, size_t bytes) {
+  if (poison_workspace()) std::memset(p, 0xff, bytes);
+  return p;
+}
+
 void* workspace_acquire(size_t bytes, size_t& capacity) {
   bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
   {
@@ -71,13 +88,13 @@ void* workspace_acquire(size_t bytes, size_t& capacity) {
       void* p = best->ptr;
       capacity = best->bytes;
       g_pool.erase(best);
-      return p;
+      return poisoned(p, capacity);
     }
   }
   void* p = std::aligned_alloc(64, bytes);
   FUSEDRNN_CHECK(p != nullptr, "out of memory allocating a ", bytes, "-byte workspace");
   capacity = bytes;
-  return p;
+  return poisoned(p, bytes);
 }
 
 void workspace_release(void* ptr, size_t capacity) {
