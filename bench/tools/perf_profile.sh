@@ -11,8 +11,7 @@ work=${PERF_PROFILE_DIR:-/tmp/fusedrnn-perf}
 mkdir -p "$work"
 cmake -S "$root" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O3 -g -DNDEBUG" -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF \
-  -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" \
-  -DSKBUILD_PROJECT_NAME=fusedrnn > "$work/cmake.log"
+  -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" > "$work/cmake.log"
 ninja -C "$work/build" > "$work/ninja.log"
 rm -rf "$work/pkg" && mkdir -p "$work/pkg/fusedrnn"
 cp "$root"/python/fusedrnn/*.py "$work/pkg/fusedrnn/"
