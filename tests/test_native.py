@@ -293,10 +293,15 @@ def test_long_sequence_projection_paths(cell, dt):
 
 @pytest.mark.parametrize("env", [{"FUSEDRNN_DOT_PROJ_ROWS": "0"},
                                  {"FUSEDRNN_PANEL_MIN_ROWS": "1"},
-                                 {"FUSEDRNN_PANEL_MIN_ROWS": "1000"}])
+                                 {"FUSEDRNN_PANEL_MIN_ROWS": "1000"},
+                                 {"FUSEDRNN_POISON_WORKSPACE": "1"},
+                                 {"FUSEDRNN_POISON_WORKSPACE": "1",
+                                  "FUSEDRNN_PANEL_MIN_ROWS": "1000"}])
 def test_forced_kernel_paths(env):
     """Re-run the small sweep with the crossovers forced: every projection on the BLAS,
-    every step on panels (B >= 1), every step on dot_gemm."""
+    every step on panels (B >= 1), every step on dot_gemm; and with every workspace filled
+    with NaN patterns first (workspaces are reused between calls: a kernel that reads one
+    before writing it would otherwise pass or fail by chance)."""
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
