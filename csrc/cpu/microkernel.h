@@ -17,26 +17,27 @@ FUSEDRNN_ISA_BEGIN
 namespace cpu {
 
 constexpr int kLanes = 16;
-// Below this many batch rows the step is a GEMV, which the BLAS does better from plain rows
-// (measured: H=512, B=1 LSTM/GRU 15-45% slower on panels).
+// An integer tuning knob: the environment variable `name` if set (at least lo), else fallback.
+// Read once per process; for measuring a crossover on a new machine.
+inline int64_t env_knob(const char* name, int64_t fallback, int64_t lo) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::max<int64_t>(lo, std::atoll(e)) : fallback;
+}
+
+// From this many batch rows the step runs on packed panels; below, it is a GEMV bound by
+// reading W_hh, done in place by dot_gemm (dotkernel.h) with nothing packed.
+// FUSEDRNN_PANEL_MIN_ROWS overrides it.
 constexpr int64_t kPanelMinRows = 4;
-// FUSEDRNN_PANEL_MIN_ROWS overrides it (for measuring the crossover on a new machine).
 inline int64_t panel_min_rows() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("FUSEDRNN_PANEL_MIN_ROWS");
-    return e && *e ? std::max<int64_t>(1, std::atoll(e)) : kPanelMinRows;
-  }();
+  static const int64_t v = env_knob("FUSEDRNN_PANEL_MIN_ROWS", kPanelMinRows, 1);
   return v;
 }
 
-// Up to this many T*B rows the forward's input projection runs on dot_gemm (dotkernel.h)
-// rather than the BLAS; FUSEDRNN_DOT_PROJ_ROWS overrides it.
+// Up to this many T*B rows the forward's input projection runs on dot_gemm rather than the
+// BLAS; FUSEDRNN_DOT_PROJ_ROWS overrides it.
 constexpr int64_t kDotProjMaxRows = 256;
 inline int64_t dot_projection_max_rows() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("FUSEDRNN_DOT_PROJ_ROWS");
-    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : kDotProjMaxRows;
-  }();
+  static const int64_t v = env_knob("FUSEDRNN_DOT_PROJ_ROWS", kDotProjMaxRows, 0);
   return v;
 }
 
@@ -149,70 +150,6 @@ constexpr int kVecBytes = 32;
 constexpr int kVecBytes = 16;
 #endif
 
-// M rows of A (a few) against ONE panel with KS accumulators per row over interleaved k
-// (k mod KS): enough independent FMA chains to hide the latency while the packed weights are
-// read as a single sequential stream (one panel after another), which the hardware prefetcher
-// follows; several panels at once would be several streams K*kLanes apart. Small batches are
-// bound by the bandwidth of reading W_hh each step (L2 or L3), so the one stream matters.
-template <int M, int KS, bool kAccumulate, class T>
-inline void micro_tile_ks(const T* __restrict a, int64_t lda, const T* __restrict panel,
-                          int64_t K, T* __restrict c, int64_t ldc, int64_t ncols) {
-  using V = PanelVec<T>;
-  V acc[M][KS];
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r)
-#pragma GCC unroll 8
-    for (int u = 0; u < KS; ++u) acc[r][u] = V{};
-  int64_t k = 0;
-  for (; k + KS <= K; k += KS) {
-#pragma GCC unroll 8
-    for (int u = 0; u < KS; ++u) {
-      V w;
-      std::memcpy(&w, panel + (k + u) * kLanes, sizeof(V));
-#pragma GCC unroll 8
-      for (int r = 0; r < M; ++r) acc[r][u] += a[r * lda + k + u] * w;
-    }
-  }
-  for (; k < K; ++k) {
-    V w;
-    std::memcpy(&w, panel + k * kLanes, sizeof(V));
-#pragma GCC unroll 8
-    for (int r = 0; r < M; ++r) acc[r][0] += a[r * lda + k] * w;
-  }
-  const int64_t nv = std::min<int64_t>(kLanes, ncols);
-#pragma GCC unroll 8
-  for (int r = 0; r < M; ++r) {
-#pragma GCC unroll 8
-    for (int u = 1; u < KS; ++u) acc[r][0] += acc[r][u];
-    T* dst = c + r * ldc;
-    if (nv == kLanes) {
-      if (kAccumulate) {
-        V old;
-        std::memcpy(&old, dst, sizeof(V));
-        acc[r][0] += old;
-      }
-      std::memcpy(dst, &acc[r][0], sizeof(V));
-    } else {
-      T tmp[kLanes];
-      std::memcpy(tmp, &acc[r][0], sizeof(V));
-      for (int64_t v = 0; v < nv; ++v) dst[v] = kAccumulate ? dst[v] + tmp[v] : tmp[v];
-    }
-  }
-}
-
-// Rows [0, M) with M < 4 against every panel, one panel at a time (see micro_tile_ks).
-template <int M, bool kAccumulate, class T>
-inline void small_batch_panels(int64_t N, int64_t K, const T* a, int64_t lda, const T* panels,
-                               T* c, int64_t ldc) {
-  constexpr int rp = int(kLanes * sizeof(T)) / kVecBytes;  // registers per panel
-  // About 12 vector accumulators (at least 8 chains in flight hide the FMA latency).
-  constexpr int KS = std::max(1, std::min(8, 12 / (M * rp)));
-  const int64_t np = panel_count(N);
-  for (int64_t p = 0; p < np; ++p)
-    micro_tile_ks<M, KS, kAccumulate>(a, lda, panels + p * kLanes * K, K, c + p * kLanes, ldc,
-                                      N - p * kLanes);
-}
-
 // Every row of A against panels [p, p + NP): MR-row tiles, then the leftover rows (in one
 // pass where the registers allow: each pass re-reads the panels, which stay in L1/L2 here).
 template <int MR, int NP, bool kAccumulate, class T>
@@ -292,9 +229,9 @@ void direct_gemm_small(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda,
                                      ldw, c + m * ldc, ldc);
 }
 
-// C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed into panels (N rows). Tiles keep about 12 vector
-// accumulators in registers (SSE and AVX2 have 16, AVX-512 32); a single row takes more
-// panels at once so that enough independent accumulators hide the FMA latency.
+// C(M, N) = A(M, K) * W^T (or C += ... with kAccumulate), W packed into panels (N rows).
+// Tiles keep about 12 vector accumulators in registers (SSE and AVX2 have 16, AVX-512 32).
+// Used from B = 4 (panel_min_rows); fewer rows still work, on thinner tiles.
 template <bool kAccumulate = false, class T>
 void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* panels,
                  T* c, int64_t ldc) {
@@ -304,12 +241,6 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const
   // Panel groups outside, rows inside: a group's panels (NP * 16 * K values) are read from
   // memory once per step and reused by every row tile from cache.
   const int64_t np = panel_count(N);
-  if (M < 4) {  // a few rows: one panel at a time, split-k accumulators (micro_tile_ks)
-    if (M == 1) small_batch_panels<1, kAccumulate>(N, K, a, lda, panels, c, ldc);
-    else if (M == 2) small_batch_panels<2, kAccumulate>(N, K, a, lda, panels, c, ldc);
-    else small_batch_panels<3, kAccumulate>(N, K, a, lda, panels, c, ldc);
-    return;
-  }
   int64_t p = 0;
   for (; p + NP <= np; p += NP) panel_group<MR, NP, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
   for (; p < np; ++p) panel_group<MR, 1, kAccumulate>(M, N, K, a, lda, panels, p, c, ldc);
