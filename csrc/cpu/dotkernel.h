@@ -42,11 +42,15 @@ __attribute__((always_inline)) inline PanelVec<T> combine_partials(PanelVec<T> x
   return __builtin_shuffle(x, y, lo) + __builtin_shuffle(x, y, hi);
 }
 
-// Sums each of v[0..N) across its lanes; out[i] = sum of v[i]. N <= kLanes. v is clobbered.
+// The next power of two from n (n <= 16): the room reduce_lanes needs.
+constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : n <= 8 ? 8 : 16; }
+
+// Sums each of v[0..N) across its lanes; out[i] = sum of v[i]. N <= kLanes. v is clobbered
+// and must have room for pow2_at_least(N) vectors: the tree zero-fills up to that many.
 template <int N, class T>
 inline void reduce_lanes(PanelVec<T>* v, T* out) {
   using V = PanelVec<T>;
-  constexpr int NP2 = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : N <= 8 ? 8 : 16;
+  constexpr int NP2 = pow2_at_least(N);
   static_assert(N <= kLanes, "at most kLanes accumulators");
 #pragma GCC unroll 16
   for (int i = N; i < NP2; ++i) v[i] = V{};
@@ -80,7 +84,7 @@ template <int MR, int NR, bool kAccumulate, class T>
 inline void dot_tile(const T* __restrict a, int64_t lda, const T* __restrict w, int64_t ldw,
                      int64_t K, T* __restrict c, int64_t ldc) {
   using V = PanelVec<T>;
-  V acc[MR * NR];
+  V acc[pow2_at_least(MR * NR)];  // reduce_lanes pads to a power of two in place
 #pragma GCC unroll 16
   for (int i = 0; i < MR * NR; ++i) acc[i] = V{};
   int64_t k = 0;
