@@ -20,13 +20,13 @@ with a temperature.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import numpy as np
 from tqdm import tqdm
 
+import _cli  # examples/_cli.py: the options every example shares
 import fusedrnn
 from fusedrnn import init, nn, optim
 
@@ -142,7 +142,7 @@ def sample(model, itos, stoi, prime, length, temperature, rng):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _cli.parser(__doc__)
     p.add_argument("--epochs", type=int,
                    help=f"passes over the training text (default {FULL['epochs']})")
     p.add_argument("--max-chars", type=int,
@@ -162,15 +162,7 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=0.7,
                    help="sampling temperature (default 0.7)")
     p.add_argument("--prime", default="The ", help="text that starts the sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="fusedrnn threads (default: library default)")
-    p.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return _cli.parse(p, argv, QUICK, FULL)
 
 
 def main(argv=None):

@@ -12,7 +12,6 @@ step of ``dy`` before the GRU's backward pass.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+import _cli  # examples/_cli.py: the options every example shares
 import fusedrnn
 from fusedrnn import nn, optim
 
@@ -43,7 +43,7 @@ def predict(gru, head, x):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _cli.parser(__doc__)
     p.add_argument("--epochs", type=int,
                    help=f"passes over the training set (default {FULL['epochs']})")
     p.add_argument("--hidden-size", type=int, help=f"GRU units (default {FULL['hidden_size']})")
@@ -51,15 +51,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (default 1.0)")
     p.add_argument("--test-size", type=float, default=0.25, help="test fraction (default 0.25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="fusedrnn threads (default: library default)")
-    p.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return _cli.parse(p, argv, QUICK, FULL)
 
 
 def main(argv=None):

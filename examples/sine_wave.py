@@ -14,7 +14,6 @@ clip, step.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import _cli  # examples/_cli.py: the options every example shares
 import fusedrnn
 from fusedrnn import nn, optim
 
@@ -70,7 +70,7 @@ def save_plot(path, inputs, targets, clean, pred, test_mse, baseline_mse):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _cli.parser(__doc__)
     p.add_argument("--steps", type=int, help=f"training steps (default {FULL['steps']})")
     p.add_argument("--hidden-size", type=int, help=f"LSTM units (default {FULL['hidden_size']})")
     p.add_argument("--num-layers", type=int, default=1, help="LSTM layers (default 1)")
@@ -81,16 +81,8 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (default 1.0)")
     p.add_argument("--test-size", type=int, default=256, help="test sequences (default 256)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG path ('' for no plot)")
-    p.add_argument("--threads", type=int, help="fusedrnn threads (default: library default)")
-    p.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return _cli.parse(p, argv, QUICK, FULL)
 
 
 def main(argv=None):

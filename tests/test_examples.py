@@ -32,9 +32,11 @@ def load_example(name):
                                                   EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    sys.path.insert(0, str(EXAMPLES))  # as `python examples/<name>.py` has it: finds _cli
     try:
         spec.loader.exec_module(module)
     finally:
+        sys.path.remove(str(EXAMPLES))
         sys.dont_write_bytecode = dont_write
     return module
 
