@@ -1,8 +1,10 @@
-"""Command-line plumbing shared by the examples: the options every example takes and the
---quick / full presets for the options left unset."""
+"""Command-line plumbing shared by the examples: the options every example takes, the
+--quick / full presets for the options left unset, and --threads applied."""
 from __future__ import annotations
 
 import argparse
+
+import fusedrnn
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -18,9 +20,11 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def parse(p: argparse.ArgumentParser, argv, quick: dict, full: dict) -> argparse.Namespace:
     """Parses argv; every option of the preset (`quick` with --quick, else `full`) left unset
-    takes the preset's value."""
+    takes the preset's value; --threads is applied (fusedrnn.set_num_threads)."""
     args = p.parse_args(argv)
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.threads:
+        fusedrnn.set_num_threads(args.threads)
     return args

@@ -166,9 +166,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        fusedrnn.set_num_threads(args.threads)
+    args = parse_args(argv)  # also applies --threads
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
 

@@ -55,9 +55,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        fusedrnn.set_num_threads(args.threads)
+    args = parse_args(argv)  # also applies --threads
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     x_train, x_test, y_train, y_test = load_data(args.seed, args.test_size)

@@ -86,9 +86,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        fusedrnn.set_num_threads(args.threads)
+    args = parse_args(argv)  # also applies --threads
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     test_rng = np.random.default_rng(args.seed + 1_000_003)   # a fixed test set per seed
