@@ -308,3 +308,16 @@ def test_forced_kernel_paths(env):
                         __file__, "-k", "threaded or long_sequence or (matches_reference and -7-)"],
                        env=dict(os.environ, **env), capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_release_workspaces_keeps_results():
+    """Workspaces are reused between calls; releasing them changes nothing but memory."""
+    import fusedrnn
+    rng = np.random.default_rng(5)
+    case = cast(make_case("lstm", 6, 3, 7, 40, np.float32, rng), np.float32)
+    first = run(F, case, None, False)
+    fusedrnn.release_workspaces()
+    again = run(F, case, None, False)
+    for a, b in zip(first, again):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])

@@ -762,6 +762,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dc_n"), py::arg("grads"),
         "BPTT through a stack. Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("n"));
+  m.def("release_workspaces", &fusedrnn::workspace_trim,
+        "Frees the workspace buffers kept between calls (up to 8 buffers, 512 MiB).");
   m.def("get_num_threads", &fusedrnn::get_num_threads);
   m.def("config", &config);
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,

@@ -2,15 +2,16 @@
 // CPU driver for one layer and one direction, generic over the cell (csrc/cells/*.h).
 //
 // Structure (DESIGN.md §4):
-//   forward:  XP = X W_ih^T + b_ih as one GEMM over all T*B rows; then per step the recurrent
+//   forward:  XP = X W_ih^T + b_ih over all T*B rows at once; then per step the recurrent
 //             GEMM HP = h W_hh^T and the cell applied per (batch, unit).
 //   backward: per step only the pointwise backward and dG W_hh; dX, dW_ih, dW_hh, dW_hr and the
 //             bias sums are bulk GEMMs over all T*B rows after the loop.
 // Every array indexed by time (saved values, dXP, ...) uses row te*B + b. At step s sequence b
 // is active iff s < L_b and then processes time te = s (forward) or L_b - 1 - s (reverse), so
 // both directions start together and inactive sequences simply keep their state.
-// The time loop is one persistent OpenMP region per call (see forward()); packing W_hh once per
-// weight update and SIMD micro-kernels instead of BLAS calls per step are later optimisations.
+// The time loop is one persistent OpenMP region per call (see forward()). The per-step products
+// are our own kernels: packed panels (microkernel.h) from B = 4, W read in place below
+// (dotkernel.h, direct_gemm_small); the bulk products go to the BLAS.
 #include <omp.h>
 
 #include <algorithm>
@@ -103,10 +104,10 @@ struct Slice {
   int64_t cols() const { return q1 - q0; }
 };
 
-// Forward. The time loop is one OpenMP region: each thread owns a block of hidden units with
-// the W_hh rows of all their gates packed contiguously, computes its slice of h W_hh^T with a
-// single-threaded BLAS call, applies the cell, and meets the others at one barrier per step
-// (two with a projection or the two-phase GRU).
+// Forward. The time loop is one OpenMP region: each thread owns a block of hidden units,
+// computes the input projection (see below), then per step its slice of h W_hh^T (panels of
+// its W_hh rows from B = 4, the rows in place below), applies the cell, and meets the others at
+// one barrier per step (two with a projection or the two-phase GRU).
 template <class Cell, class T>
 void forward(const ForwardParams<T>& p) {
   constexpr int G = Cell::kGates;
