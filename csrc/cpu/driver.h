@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -80,7 +81,22 @@ void zero_padding(T* a, int64_t width, const StepMap& m, int64_t B, int64_t ld =
       std::memset(a + (te * B + b) * ld, 0, sizeof(T) * width);
 }
 
-// Threads for the time loop: each owns a block of at least 32 hidden units.
+// True if a row (te, b) with te >= L_b of a (T, B, width) array holds a NaN or an infinity.
+template <class T>
+bool padding_not_finite(const T* a, int64_t width, const StepMap& m, int64_t B) {
+  if (!m.lengths) return false;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t te = m.len(b); te < m.steps; ++te) {
+      const T* row = a + (te * B + b) * width;
+      for (int64_t k = 0; k < width; ++k)
+        if (!std::isfinite(row[k])) return true;
+    }
+  return false;
+}
+
+// Threads asked for the time loop: each owns a block of at least 32 hidden units. The work is
+// split over the team OpenMP actually grants (omp_get_num_threads() inside the region), never
+// over this number; workspace sized for nt covers any smaller team.
 inline int loop_threads(int64_t H) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), H / 32));
 }
@@ -158,11 +174,14 @@ void forward(const ForwardParams<T>& p) {
 
 #pragma omp parallel num_threads(nt)
   {
-    const Slice sl(H, P, nt, omp_get_thread_num());
+    // Split over the team that actually runs, which OpenMP may make smaller than nt
+    // (OMP_THREAD_LIMIT, OMP_DYNAMIC, a call from inside another parallel region).
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const Slice sl(H, P, team, tid);
     const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
     // This thread's W_hh rows, gate-major (packed row g*nj + (j - j0) is W_hh row g*H + j),
     // in panels for the step's micro-kernel; packed by the thread that uses them.
-    T* wp = wpack + (G1 * j0 + kLanes * omp_get_thread_num()) * R;
+    T* wp = wpack + (G1 * j0 + kLanes * tid) * R;
     if (use_panels)
       pack_rows_to_panels(wp, G1 * nj, R, [&](int64_t i) {
         return p.w_hh + ((i / nj) * H + j0 + i % nj) * R;
@@ -191,7 +210,7 @@ void forward(const ForwardParams<T>& p) {
       xbase = xpt - j0, ldx = ldh, xgs = nj;
     } else {
       int64_t r0, r1;
-      split_range(Tn * B, omp_get_num_threads(), omp_get_thread_num(), r0, r1);
+      split_range(Tn * B, team, tid, r0, r1);
       if (r1 > r0) {
         gemm<T>(false, true, r1 - r0, GH, I, T(1), p.x + r0 * I, I, p.w_ih, I, T(0),
                 xp + r0 * GH, GH);
@@ -352,12 +371,13 @@ void backward(const BackwardParams<T>& p) {
 
 #pragma omp parallel num_threads(nt)
   {
-    const Slice sl(H, P, nt, omp_get_thread_num());
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();  // team <= nt
+    const Slice sl(H, P, team, tid);
     const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
     T* dh_cur = dhbuf[0];
     T* dh_next = dhbuf[1];
     // dh_prev[:, q0:q1] += dstep W_hh[:k_rec, q0:q1]: this thread's W_hh columns as panels.
-    T* wpb = wpack + (q0 + kLanes * omp_get_thread_num()) * k_rec;
+    T* wpb = wpack + (q0 + kLanes * tid) * k_rec;
     if (use_panels)
       pack_cols_to_panels(wpb, q1 - q0, k_rec, p.w_hh + q0, R);
 
@@ -451,9 +471,21 @@ void backward(const BackwardParams<T>& p) {
   std::memcpy(p.dh0, dhbuf[steps % 2], sizeof(T) * B * R);
   if (Cell::kHasCellState && p.dc0) std::memcpy(p.dc0, dc, sizeof(T) * B * H);
 
-  // Bulk GEMMs over all T*B rows.
+  // Bulk GEMMs over all T*B rows. The rows past a sequence's length have dxp = 0, but
+  // 0 * NaN is NaN: padding that holds NaN/inf (a common way to pad) would poison dW_ih, so
+  // then dW_ih reads a copy of x with the padding zeroed.
   gemm_par<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, beta_dx, p.dx, I);
-  gemm_par<T>(true, false, GH, I, TB, T(1), dxp, GH, p.x, I, beta_w, p.dw_ih, I);
+  const T* x_dw = p.x;
+  std::unique_ptr<Workspace<T>> x_clean;
+  if (padding_not_finite(p.x, I, map, B)) {
+    int64_t o_x = TB * I;
+    x_clean.reset(new Workspace<T>({&o_x}));
+    T* xc = x_clean->at(o_x);
+    std::memcpy(xc, p.x, sizeof(T) * TB * I);
+    zero_padding(xc, I, map, B);
+    x_dw = xc;
+  }
+  gemm_par<T>(true, false, GH, I, TB, T(1), dxp, GH, x_dw, I, beta_w, p.dw_ih, I);
   if constexpr (Cell::kTwoPhase) {
     // Rows [0, 2H) of W_hh act on h_prev, rows [2H, 3H) on r h (saved value 3).
     gemm_par<T>(true, false, k_rec, R, TB, T(1), dhp, GH, p.h_prev, R, beta_w, p.dw_hh, R);

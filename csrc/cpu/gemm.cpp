@@ -37,6 +37,11 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta C, defined without the BLAS (and 0 C is 0 even where C is garbage)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
   if (M == 1) {
     // A single row: C = alpha * op(B)^T a + beta * C as a GEMV, which OpenBLAS runs much
     // faster than a 1-row GEMM (the B = 1 recurrent step).
@@ -57,6 +62,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 
 template <class T>
 void gemv_t(int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T* x, T beta, T* y) {
+  if (N == 0) return;
+  if (M == 0) {
+    for (int64_t j = 0; j < N; ++j) y[j] = beta == T(0) ? T(0) : beta * y[j];
+    return;
+  }
   blas_gemv(CblasTrans, (blasint)M, (blasint)N, alpha, A, (blasint)lda, x, beta, y);
 }
 
@@ -81,8 +91,8 @@ void gemm_par(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alp
   const bool by_rows = M >= N;
 #pragma omp parallel num_threads(nt)
   {
-    int64_t lo, hi;
-    split(by_rows ? M : N, nt, omp_get_thread_num(), lo, hi);
+    int64_t lo, hi;  // over the team granted, which may be smaller than nt
+    split(by_rows ? M : N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
     if (hi > lo) {
       if (by_rows) {
         const T* a = trans_a ? A + lo : A + lo * lda;
@@ -106,7 +116,7 @@ void gemv_t_par(int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T*
 #pragma omp parallel num_threads(nt)
   {
     int64_t lo, hi;
-    split(N, nt, omp_get_thread_num(), lo, hi);
+    split(N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
     if (hi > lo) gemv_t<T>(M, hi - lo, alpha, A + lo, lda, x, beta, y + lo);
   }
 }
