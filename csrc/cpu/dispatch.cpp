@@ -91,20 +91,24 @@ std::string simd_path() {
 
 template <class T>
 void layer_forward(CellKind kind, const ForwardParams<T>& p) {
+  run_parallel_work([&] {
 #if FUSEDRNN_X86_ISAS
-  if (g_isa == Isa::Avx512) return isa_avx512::layer_forward_isa<T>(kind, p);
-  if (g_isa == Isa::Avx2) return isa_avx2::layer_forward_isa<T>(kind, p);
+    if (g_isa == Isa::Avx512) return isa_avx512::layer_forward_isa<T>(kind, p);
+    if (g_isa == Isa::Avx2) return isa_avx2::layer_forward_isa<T>(kind, p);
 #endif
-  return isa_generic::layer_forward_isa<T>(kind, p);
+    return isa_generic::layer_forward_isa<T>(kind, p);
+  });
 }
 
 template <class T>
 void layer_backward(CellKind kind, const BackwardParams<T>& p) {
+  run_parallel_work([&] {
 #if FUSEDRNN_X86_ISAS
-  if (g_isa == Isa::Avx512) return isa_avx512::layer_backward_isa<T>(kind, p);
-  if (g_isa == Isa::Avx2) return isa_avx2::layer_backward_isa<T>(kind, p);
+    if (g_isa == Isa::Avx512) return isa_avx512::layer_backward_isa<T>(kind, p);
+    if (g_isa == Isa::Avx2) return isa_avx2::layer_backward_isa<T>(kind, p);
 #endif
-  return isa_generic::layer_backward_isa<T>(kind, p);
+    return isa_generic::layer_backward_isa<T>(kind, p);
+  });
 }
 
 template void layer_forward<float>(CellKind, const ForwardParams<float>&);

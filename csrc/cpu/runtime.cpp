@@ -2,8 +2,15 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <new>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -19,7 +26,8 @@ std::atomic<int> g_threads{0};  // 0: not yet initialised
 }
 
 void set_num_threads(int n) {
-  FUSEDRNN_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
+  FUSEDRNN_CHECK(n >= 1 && n <= kMaxThreads, "set_num_threads: n must lie in [1, ", kMaxThreads,
+                 "], got ", n);
   g_threads.store(n);
   // Not omp_set_num_threads: every region names its count, and the OpenMP runtime may be
   // shared with PyTorch's (same libgomp soname), whose default we must not change.
@@ -31,13 +39,88 @@ void set_num_threads(int n) {
 int get_num_threads() {
   int n = g_threads.load();
   if (n == 0) {
-    // First use: OMP_NUM_THREADS (or the core count) governs both runtimes.
-    n = omp_get_max_threads();
+    // First use: OMP_NUM_THREADS (or the core count) governs both runtimes; a larger value
+    // than kMaxThreads is taken as kMaxThreads (libgomp crashes or aborts creating ~40000).
+    n = std::min(std::max(omp_get_max_threads(), 1), kMaxThreads);
     set_num_threads(n);
   }
   return n;
 }
 
+// ---------------------------------------------------------------------------------------------
+// fork. libgomp keeps each master thread's worker pool in that thread's state and has no fork
+// handler: in a child forked after the parent ran a multi-threaded region (ours or PyTorch's,
+// which shares libgomp), the thread that called fork still "has" workers that do not exist,
+// and its next multi-threaded region waits for them forever. A thread created in the child
+// gets a fresh pool. So in a forked child, multi-threaded work asked for on the forking thread
+// runs on one helper thread started in the child (the caller blocks until it is done); every
+// other thread calls straight through. One-thread regions never touch the pool and run in place.
+namespace {
+
+struct ForkHelper {
+  std::mutex submit;  // one job at a time
+  std::mutex m;
+  std::condition_variable cv;
+  const std::function<void()>* job = nullptr;
+  bool done = false;
+  std::exception_ptr error;
+  bool started = false;
+};
+
+std::atomic<bool> g_forked_child{false};
+pthread_t g_forking_thread;
+// Raw storage, constructed afresh in each child (the parent's helper thread does not exist
+// there and its mutexes may be held); never destroyed, so exit cannot race a running job.
+alignas(ForkHelper) unsigned char g_helper_storage[sizeof(ForkHelper)];
+ForkHelper* g_helper = nullptr;
+
+void helper_loop(ForkHelper* h) {
+  std::unique_lock<std::mutex> lock(h->m);
+  for (;;) {
+    h->cv.wait(lock, [&] { return h->job != nullptr; });
+    const std::function<void()>* job = h->job;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      (*job)();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    h->job = nullptr;
+    h->error = error;
+    h->done = true;
+    h->cv.notify_all();
+  }
+}
+
+}  // namespace
+
+void run_parallel_work(const std::function<void()>& fn) {
+  if (!g_forked_child.load(std::memory_order_acquire) ||
+      !pthread_equal(pthread_self(), g_forking_thread) || get_num_threads() == 1) {
+    fn();
+    return;
+  }
+  ForkHelper* h = g_helper;
+  std::lock_guard<std::mutex> one_job(h->submit);
+  std::unique_lock<std::mutex> lock(h->m);
+  if (!h->started) {
+    std::thread(helper_loop, h).detach();
+    h->started = true;
+  }
+  h->done = false;
+  h->job = &fn;
+  h->cv.notify_all();
+  h->cv.wait(lock, [&] { return h->done; });
+  if (h->error) {
+    std::exception_ptr e = h->error;
+    h->error = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Workspace buffers are kept between calls: a fresh multi-megabyte allocation is a fresh
 // mmap, and faulting its pages in (and unmapping them after) cost more than the whole B=1
 // LSTM H=1024 forward it served (perf: clear_page/exc_page_fault on top).
@@ -46,16 +129,49 @@ struct CachedBuffer {
   void* ptr;
   size_t bytes;
 };
-std::mutex g_pool_mutex;
-std::vector<CachedBuffer> g_pool;  // idle buffers
+struct Pool {
+  std::mutex mutex;
+  std::vector<CachedBuffer> idle;
+  bool closed = false;  // at exit: buffers are freed, none kept
+  size_t idle_bytes() const {
+    size_t n = 0;
+    for (const auto& b : idle) n += b.bytes;
+    return n;
+  }
+};
+// Never destroyed (a thread still inside a call at exit may release into it); its idle
+// buffers are freed at exit by PoolCloser.
+Pool& pool() {
+  static Pool* p = new Pool;
+  return *p;
+}
 constexpr size_t kPoolMaxBuffers = 8;
 constexpr size_t kPoolMaxBytes = size_t(512) << 20;  // idle bytes kept at most
 
-size_t pool_bytes() {
-  size_t n = 0;
-  for (const auto& b : g_pool) n += b.bytes;
-  return n;
+struct PoolCloser {
+  ~PoolCloser() {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    p.closed = true;
+    for (const auto& b : p.idle) std::free(b.ptr);
+    p.idle.clear();
+  }
+};
+PoolCloser g_pool_closer;
+
+// fork: no other thread may hold the pool's mutex in the child (it would stay locked there).
+void before_fork() { pool().mutex.lock(); }
+void after_fork_in_parent() { pool().mutex.unlock(); }
+void after_fork_in_child() {
+  pool().mutex.unlock();
+  g_helper = new (g_helper_storage) ForkHelper();
+  g_forking_thread = pthread_self();
+  g_forked_child.store(true, std::memory_order_release);
 }
+const int g_atfork_registered = [] {
+  pool();
+  return pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}();
 }  // namespace
 
 // FUSEDRNN_POISON_WORKSPACE=1 fills every workspace with NaN bit patterns before use, so that
@@ -77,41 +193,89 @@ static void* poisoned(void* p, size_t bytes) {
 void* workspace_acquire(size_t bytes, size_t& capacity) {
   bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
   {
-    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
     // The smallest idle buffer that fits, unless it is much larger than needed.
-    auto best = g_pool.end();
-    for (auto it = g_pool.begin(); it != g_pool.end(); ++it)
+    auto best = p.idle.end();
+    for (auto it = p.idle.begin(); it != p.idle.end(); ++it)
       if (it->bytes >= bytes && it->bytes <= 4 * bytes &&
-          (best == g_pool.end() || it->bytes < best->bytes))
+          (best == p.idle.end() || it->bytes < best->bytes))
         best = it;
-    if (best != g_pool.end()) {
-      void* p = best->ptr;
+    if (best != p.idle.end()) {
+      void* ptr = best->ptr;
       capacity = best->bytes;
-      g_pool.erase(best);
-      return poisoned(p, capacity);
+      p.idle.erase(best);
+      return poisoned(ptr, capacity);
     }
   }
-  void* p = std::aligned_alloc(64, bytes);
-  FUSEDRNN_CHECK(p != nullptr, "out of memory allocating a ", bytes, "-byte workspace");
+  void* ptr = std::aligned_alloc(64, bytes);
+  if (!ptr) throw std::bad_alloc();
   capacity = bytes;
-  return poisoned(p, bytes);
+  return poisoned(ptr, bytes);
 }
 
 void workspace_release(void* ptr, size_t capacity) {
   if (!ptr) return;
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  g_pool.push_back({ptr, capacity});
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  if (p.closed || capacity > kPoolMaxBytes) {  // never kept: over the idle limit on its own
+    std::free(ptr);
+    return;
+  }
+  p.idle.push_back({ptr, capacity});
   // Over the limits: free the oldest idle buffers.
-  while (g_pool.size() > kPoolMaxBuffers || (g_pool.size() > 1 && pool_bytes() > kPoolMaxBytes)) {
-    std::free(g_pool.front().ptr);
-    g_pool.erase(g_pool.begin());
+  while (p.idle.size() > kPoolMaxBuffers || p.idle_bytes() > kPoolMaxBytes) {
+    std::free(p.idle.front().ptr);
+    p.idle.erase(p.idle.begin());
   }
 }
 
+size_t workspace_idle_bytes() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  return p.idle_bytes();
+}
+
 void workspace_trim() {
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  for (const auto& b : g_pool) std::free(b.ptr);
-  g_pool.clear();
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  for (const auto& b : p.idle) std::free(b.ptr);
+  p.idle.clear();
+}
+
+uint64_t content_stamp(const void* data, size_t bytes) {
+  // Fletcher-style sums over 64-bit words in 8 independent lanes (vectorised adds, memory
+  // bound): any change to a single word changes s1, a swap or a cancelling pair changes s2.
+  // Not cryptographic: it catches modifications, not adversaries.
+  constexpr int kL = 8;
+  const unsigned char* c = static_cast<const unsigned char*>(data);
+  uint64_t s1[kL] = {}, s2[kL] = {};
+  const size_t words = bytes / 8, full = words / kL * kL;
+  for (size_t i = 0; i < full; i += kL) {
+    uint64_t w[kL];
+    std::memcpy(w, c + 8 * i, sizeof w);
+#pragma GCC unroll 8
+    for (int l = 0; l < kL; ++l) {
+      s1[l] += w[l];
+      s2[l] += s1[l];
+    }
+  }
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ bytes;
+  auto mix = [&](uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+  };
+  for (int l = 0; l < kL; ++l) {
+    mix(s1[l]);
+    mix(s2[l]);
+  }
+  for (size_t i = 8 * full; i < bytes; i += 8) {  // the tail, word by word
+    uint64_t w = 0;
+    std::memcpy(&w, c + i, std::min<size_t>(8, bytes - i));
+    mix(w);
+  }
+  return h;
 }
 
 std::string blas_name() { return "scipy-openblas32 (OpenBLAS)"; }

@@ -51,12 +51,14 @@ void dropout_mask(uint8_t* keep, int64_t n, double p, uint64_t seed, int64_t lay
   }
 }
 
+// a *= keep / (1 - p): a multiplication, as torch and the reference do, so a dropped NaN or
+// inf stays NaN (0 * inf) rather than becoming a silent 0.
 template <class T>
 void apply_mask(T* a, const uint8_t* keep, int64_t n, double p) {
   const T scale = T(1.0 / (1.0 - p));
   const int nt = get_num_threads();
 #pragma omp parallel for num_threads(nt) if (n >= (1 << 16))
-  for (int64_t i = 0; i < n; ++i) a[i] = keep[i] ? a[i] * scale : T(0);
+  for (int64_t i = 0; i < n; ++i) a[i] *= keep[i] ? scale : T(0);
 }
 
 // The shape, weights and input of layer l, direction d (d == 1 runs in reverse).
@@ -97,10 +99,12 @@ void StackStateDeleter<T>::operator()(StackState<T>* s) const {
   delete s;
 }
 
+namespace {
+
 template <class T>
-StackStatePtr<T> stack_forward(const StackConfig& cfg, const std::vector<StackWeights<T>>& w,
-                               const int64_t* lengths, const T* x, const T* h0, const T* c0,
-                               T* y, T* h_n, T* c_n, bool training) {
+StackStatePtr<T> stack_forward_impl(const StackConfig& cfg, const std::vector<StackWeights<T>>& w,
+                                    const int64_t* lengths, const T* x, const T* h0, const T* c0,
+                                    T* y, T* h_n, T* c_n, bool training) {
   const int64_t Tn = cfg.steps, B = cfg.batch, H = cfg.hidden, R = cfg.recurrent();
   const int64_t L = cfg.layers, D = cfg.dirs, DR = D * R;
   const int64_t S = cell_saved(cfg.kind);
@@ -182,9 +186,9 @@ StackStatePtr<T> stack_forward(const StackConfig& cfg, const std::vector<StackWe
 }
 
 template <class T>
-void stack_backward(const StackState<T>& st, const std::vector<StackWeights<T>>& w,
-                    const T* dy, const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
-                    const std::vector<StackGrads<T>>& g, bool accumulate) {
+void stack_backward_impl(const StackState<T>& st, const std::vector<StackWeights<T>>& w,
+                         const T* dy, const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
+                         const std::vector<StackGrads<T>>& g, bool accumulate) {
   const StackConfig& cfg = st.cfg;
   const int64_t Tn = cfg.steps, B = cfg.batch, H = cfg.hidden, R = cfg.recurrent();
   const int64_t L = cfg.layers, D = cfg.dirs, DR = D * R;
@@ -238,6 +242,26 @@ void stack_backward(const StackState<T>& st, const std::vector<StackWeights<T>>&
     dcur = dlayer_in;
   }
   if (cfg.batch_first) swap_leading_axes(dx_tb.get(), dx, Tn, B, cfg.input);
+}
+
+}  // namespace
+
+template <class T>
+StackStatePtr<T> stack_forward(const StackConfig& cfg, const std::vector<StackWeights<T>>& w,
+                               const int64_t* lengths, const T* x, const T* h0, const T* c0,
+                               T* y, T* h_n, T* c_n, bool training) {
+  StackStatePtr<T> st;
+  run_parallel_work([&] {
+    st = stack_forward_impl<T>(cfg, w, lengths, x, h0, c0, y, h_n, c_n, training);
+  });
+  return st;
+}
+
+template <class T>
+void stack_backward(const StackState<T>& st, const std::vector<StackWeights<T>>& w,
+                    const T* dy, const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
+                    const std::vector<StackGrads<T>>& g, bool accumulate) {
+  run_parallel_work([&] { stack_backward_impl<T>(st, w, dy, dh_n, dc_n, dx, dh0, dc0, g, accumulate); });
 }
 
 template <class T>

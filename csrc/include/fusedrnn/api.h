@@ -2,6 +2,7 @@
 // C++ entry points of the CPU backend. Bindings include only this header.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +16,17 @@ namespace fusedrnn {
 void* workspace_acquire(size_t bytes, size_t& capacity);
 void workspace_release(void* ptr, size_t capacity);
 void workspace_trim();
+size_t workspace_idle_bytes();  // what the pool keeps now (at most 8 buffers, 512 MiB)
+
+// A 64-bit fingerprint of `bytes` bytes: a training forward stamps the arrays backward will
+// read, backward checks them, so an in-place change in between raises instead of mixing old
+// activations with new weights.
+uint64_t content_stamp(const void* data, size_t bytes);
+
+// Runs fn where a multi-threaded OpenMP region cannot hang: in place, except on the thread
+// that called fork() in a forked child, whose libgomp worker pool is stale (cpu/runtime.cpp).
+// Exceptions propagate. Every entry point that may open a parallel region goes through it.
+void run_parallel_work(const std::function<void()>& fn);
 
 template <class T>
 void layer_forward(CellKind kind, const ForwardParams<T>& p);
@@ -82,7 +94,10 @@ void stack_backward(const StackState<T>& state, const std::vector<StackWeights<T
 template <class T>
 const uint8_t* stack_keep_mask(const StackState<T>& state, int64_t l);
 
-// Threads used by the OpenMP regions and the BLAS (both, never nested).
+// Threads used by the OpenMP regions and the BLAS (both, never nested). n in [1, kMaxThreads]
+// (std::invalid_argument otherwise); OpenMP may grant fewer, and the kernels split their work
+// over the team they get.
+constexpr int kMaxThreads = 1024;
 void set_num_threads(int n);
 int get_num_threads();
 
