@@ -5,7 +5,7 @@
 // vectorise (libm calls do not, and were a third of a B=16 LSTM step); double uses libm.
 // Accuracy of the float forms against double libm (tests/test_activations.py, ~4.4M inputs):
 // exp_fast <= 1 ulp on [-87, 88], sigmoid <= 2.5 ulp, tanh <= 1.3 ulp (bounds tested: 2, 3, 2).
-// sigmoid(-inf) is 4e-39 rather than 0 (exp is clamped at 88.38).
+// Outside: exp overflows to inf and underflows to 0, so sigmoid(-inf) = 0 and sigmoid(inf) = 1.
 // No -ffast-math: NaN stays NaN, infinities saturate.
 #include <cmath>
 #include <cstdint>
@@ -18,10 +18,13 @@ FUSEDRNN_ISA_BEGIN
 
 FUSEDRNN_HOST_DEVICE float exp_fast(float x) {
   // Cephes expf: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, times 2^n.
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
-  x = x < -87.3365447504f ? -87.3365447504f : x;  // NaN passes both (comparisons are false)
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = x - n * 0.693359375f;
+  // Selects, not branches, so loops vectorise; NaN is replaced before the float -> int
+  // conversion (undefined for NaN) and put back at the end.
+  float xc = x == x ? x : 0.0f;
+  xc = xc > 88.7228394f ? 88.7228394f : xc;  // ln(FLT_MAX)
+  xc = xc < -87.3365447504f ? -87.3365447504f : xc;  // ln(FLT_MIN)
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -31,17 +34,31 @@ FUSEDRNN_HOST_DEVICE float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  // 2^n with n in [-126, 127]: build the exponent bits.
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // 2^n for n in [-126, 128] as 2^n1 * 2^n2 with n1, n2 in [-63, 64]: each an exact normal
+  // float, so the product rounds once (to inf past FLT_MAX).
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t n1 = ni / 2, n2 = ni - n1;
+  const int32_t bits1 = (n1 + 127) << 23, bits2 = (n2 + 127) << 23, bits_inf = 0x7f800000;
 #if defined(__CUDA_ARCH__)
-  const float scale = __int_as_float(bits);
+  const float s1 = __int_as_float(bits1), s2 = __int_as_float(bits2);
+  const float inf = __int_as_float(bits_inf);
 #elif defined(__GNUC__)
-  const float scale = __builtin_bit_cast(float, bits);  // a memcpy here blocks vectorisation
+  // a memcpy here blocks vectorisation
+  const float s1 = __builtin_bit_cast(float, bits1), s2 = __builtin_bit_cast(float, bits2);
+  const float inf = __builtin_bit_cast(float, bits_inf);
 #else
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
+  float s1, s2, inf;
+  std::memcpy(&s1, &bits1, sizeof s1);
+  std::memcpy(&s2, &bits2, sizeof s2);
+  std::memcpy(&inf, &bits_inf, sizeof inf);
 #endif
-  return p * scale;
+  float e = p * s1 * s2;
+  // As libm: +inf above ln(FLT_MAX), 0 below the normal range (libm's denormals are flushed),
+  // NaN stays NaN. So sigmoid(-inf) is exactly 0 and its gradient vanishes, as in the
+  // reference, instead of a 4e-39 floor that huge states turned into large gradients.
+  e = x > 88.7228394f ? inf : e;
+  e = x < -87.3365447504f ? 0.0f : e;
+  return x == x ? e : x;
 }
 
 template <class T>

@@ -30,8 +30,9 @@ struct RnnCell {
   FUSEDRNN_HOST_DEVICE static void backward(const T* sv, long ss, T dout, T /*h_prev*/,
                                             T& /*dc*/, T* dax, T* /*dah*/, T& dh_direct) {
     const T h = sv[0];
-    // relu'(a) is taken as 0 at a == 0 (PyTorch's convention), hence h > 0.
-    dax[0] = kRelu ? (h > T(0) ? dout : T(0)) : dout * (T(1) - h * h);
+    // relu: PyTorch's threshold_backward, h <= 0 ? 0 : dout, for every input: relu'(0) is 0,
+    // and a NaN output passes the gradient on (NaN <= 0 is false).
+    dax[0] = kRelu ? (h <= T(0) ? T(0) : dout) : dout * (T(1) - h * h);
     dh_direct = T(0);
   }
 };

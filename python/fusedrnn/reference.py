@@ -73,7 +73,8 @@ def rnn_cell_forward(xp, hp, relu):
 def rnn_cell_backward(saved, dh, relu):
     """d(pre-activation) for both xp and hp."""
     h = saved
-    da = dh * (h > 0) if relu else dh * (1 - h * h)
+    # relu as PyTorch's threshold_backward: 0 where h <= 0, dh elsewhere (a NaN h passes dh on)
+    da = np.where(h <= 0, 0, dh).astype(dh.dtype, copy=False) if relu else dh * (1 - h * h)
     return da
 
 
@@ -229,7 +230,7 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *
         y[ti, act] = hnew
         steps.append((act, ti, hprev, saved, out))
     ctx = dict(mode=mode, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, has_bias=b_ih is not None,
-               reset_after=reset_after, steps=steps, T=T, B=B, H=H, R=R)
+               reset_after=reset_after, steps=steps, T=T, B=B, H=H, R=R, lengths=lengths)
     return y, h, c, ctx
 
 
@@ -281,10 +282,14 @@ def layer_backward(ctx, dy=None, dh_n=None, dc_n=None):
         dh[act] = dprev
         dxp[ti, act] = dxs
     dxp2 = dxp.reshape(T * B, G * H)
+    # Steps past a sequence's length take no part: their x (which may be NaN/inf padding, and
+    # 0 * NaN is NaN) is left out of dW_ih, as torch's packed path never sees it.
+    valid = np.arange(T)[:, None] < ctx["lengths"][None, :]
+    x_valid = np.where(valid[:, :, None], x, 0).astype(dt, copy=False)
     grads = {
         "x": (dxp2 @ w_ih).reshape(x.shape),
         "h0": dh,
-        "weight_ih": dxp2.T @ x.reshape(T * B, -1),
+        "weight_ih": dxp2.T @ x_valid.reshape(T * B, -1),
         "weight_hh": dw_hh,
     }
     if is_lstm:
