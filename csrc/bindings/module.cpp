@@ -45,8 +45,16 @@ std::string type_name(py::handle obj) {
   return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
 }
 
+// NumPy arrays the kernels may read in place: C-contiguous and aligned for their dtype (a view
+// at a 1-byte offset is valid NumPy but not a valid float* to dereference).
+constexpr int kInPlace = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+
+bool usable_in_place(const py::array& a) {
+  return (a.flags() & kInPlace) == kInPlace;
+}
+
 // A float array argument: must be a numpy.ndarray of exactly `dtype`; returned C-contiguous
-// (a non-contiguous input is copied once, which is the only copy the bindings make).
+// and aligned (other layouts are copied once, the only copy the bindings make).
 py::array float_arg(py::handle obj, const char* name, const py::dtype& dtype, bool first = false) {
   FUSEDRNN_CHECK_TYPE(py::isinstance<py::array>(obj), name, " must be a numpy.ndarray, got ",
                       type_name(obj));
@@ -61,7 +69,7 @@ py::array float_arg(py::handle obj, const char* name, const py::dtype& dtype, bo
                         py::str(dtype).cast<std::string>(), " (the dtype of x), got ",
                         dtype_str(a));
   }
-  return py::array::ensure(a, py::array::c_style);
+  return py::array::ensure(a, kInPlace);
 }
 
 std::optional<py::array> optional_float_arg(py::handle obj, const char* name, const py::dtype& dt) {
@@ -89,7 +97,14 @@ std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
                       "lengths must be an integer array, got ",
                       l ? dtype_str(l) : type_name(obj));
   check_shape(l, "lengths", {B}, "(batch,)");
-  auto l64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(l);
+  if (l.dtype().kind() == 'u') {  // checked as unsigned: 2^63 + k must not read as negative
+    auto lu = py::array_t<uint64_t, kInPlace | py::array::forcecast>::ensure(l);
+    auto acc = lu.unchecked<1>();
+    for (int64_t b = 0; b < B; ++b)
+      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= uint64_t(T), "lengths must lie in [1, T] = [1, ",
+                     T, "], got lengths[", b, "] = ", acc(b));
+  }
+  auto l64 = py::array_t<int64_t, kInPlace | py::array::forcecast>::ensure(l);
   auto acc = l64.unchecked<1>();
   for (int64_t b = 0; b < B; ++b)
     FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= T, "lengths must lie in [1, T] = [1, ", T,
@@ -111,6 +126,38 @@ const T* cptr(const std::optional<py::array>& a) {
   return a ? static_cast<const T*>(a->data()) : nullptr;
 }
 
+// The arrays a backward will read, stamped by the training forward (fusedrnn::content_stamp)
+// and checked by backward: changing one in place in between (an optimizer step, a
+// load_state_dict, reusing an input buffer) raises instead of mixing old activations with
+// new values. Pointers and sizes are taken with the GIL held; the stamps are computed
+// without it (the owning context keeps the arrays alive).
+struct Stamps {
+  std::vector<std::string> names;
+  std::vector<const void*> data;
+  std::vector<size_t> bytes;
+  std::vector<uint64_t> values;
+  void add(const std::string& name, const py::array& a) {
+    names.push_back(name);
+    data.push_back(a.data());
+    bytes.push_back(size_t(a.nbytes()));
+  }
+  void add(const std::string& name, const std::optional<py::array>& a) {
+    if (a) add(name, *a);
+  }
+  void stamp() {  // without the GIL
+    values.resize(data.size());
+    for (size_t i = 0; i < data.size(); ++i) values[i] = fusedrnn::content_stamp(data[i], bytes[i]);
+  }
+  void check(const char* fn) const {  // without the GIL
+    for (size_t i = 0; i < data.size(); ++i)
+      if (fusedrnn::content_stamp(data[i], bytes[i]) != values[i])
+        throw std::runtime_error(concat(
+            fn, ": '", names[i], "' was modified (by an inplace operation) after the training "
+            "forward call; backward would combine that call's saved activations with the new "
+            "values. Run the forward again after changing an input or a parameter."));
+  }
+};
+
 // Everything the backward pass needs from a training forward. Opaque to Python.
 struct Context {
   CellKind kind;
@@ -119,8 +166,10 @@ struct Context {
   py::dtype dtype;
   py::array x, w_ih, w_hh;
   std::optional<py::array> b_ih, b_hh, w_hr, lengths;
+  std::optional<py::array> h0, c0;
   py::array saved, h_prev;
   std::optional<py::array> proj_in;
+  Stamps stamps;
   int64_t R() const { return P > 0 ? P : H; }
 };
 
@@ -148,9 +197,9 @@ Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::ha
   v.T = v.x.shape(0);
   v.B = v.x.shape(1);
   v.I = v.x.shape(2);
-  FUSEDRNN_CHECK(v.T >= 1 && v.B >= 1 && v.I >= 1,
-                 "x must be non-empty: shape (T, B, input_size) with every size >= 1, got ",
-                 shape_str(v.x));
+  FUSEDRNN_CHECK(v.T >= 1 && v.B >= 0 && v.I >= 1,
+                 "x must have shape (T, B, input_size) with T >= 1, B >= 0 and input_size >= 1, "
+                 "got ", shape_str(v.x));
 
   v.w_ih = float_arg(w_ih_, "w_ih", v.dtype);
   FUSEDRNN_CHECK(v.w_ih.ndim() == 2 && v.w_ih.shape(0) >= v.G && v.w_ih.shape(0) % v.G == 0,
@@ -231,9 +280,18 @@ py::tuple forward_typed(Validated& v, bool reverse, bool training) {
     p.saved = static_cast<T*>(ctx->saved.mutable_data());
     p.h_prev = static_cast<T*>(ctx->h_prev.mutable_data());
     p.proj_in = ptr<T>(ctx->proj_in);
+    ctx->stamps.add("x", v.x);
+    ctx->stamps.add("w_ih", v.w_ih);
+    ctx->stamps.add("w_hh", v.w_hh);
+    ctx->stamps.add("b_ih", v.b_ih);
+    ctx->stamps.add("b_hh", v.b_hh);
+    ctx->stamps.add("w_hr", v.w_hr);
+    ctx->stamps.add("h0", v.h0);
+    ctx->stamps.add("c0", v.c0);
   }
   {
     py::gil_scoped_release nogil;
+    if (training) ctx->stamps.stamp();
     fusedrnn::layer_forward<T>(v.kind, p);
   }
   py::object ctx_obj = py::none();
@@ -252,6 +310,8 @@ py::tuple forward_typed(Validated& v, bool reverse, bool training) {
     ctx->b_ih = v.b_ih;
     ctx->b_hh = v.b_hh;
     ctx->w_hr = v.w_hr;
+    ctx->h0 = v.h0;
+    ctx->c0 = v.c0;
     ctx->lengths = v.lengths;
     ctx_obj = py::cast(ctx);
   }
@@ -314,6 +374,7 @@ py::dict backward_typed(Context& c, std::optional<py::array>& dy, std::optional<
   p.dw_hr = ptr<T>(dw_hr);
   {
     py::gil_scoped_release nogil;
+    c.stamps.check("backward");
     fusedrnn::layer_backward<T>(c.kind, p);
   }
   py::dict g;
@@ -365,7 +426,9 @@ struct StackContext {
   std::vector<py::array> weights;   // flattened per layer/direction, as in StackArgs::names
   std::vector<std::string> names;
   std::optional<py::array> lengths;
+  std::optional<py::array> h0, c0;
   std::shared_ptr<void> state;      // StackState<float or double>
+  Stamps stamps;
   int64_t R() const { return cfg.recurrent(); }
 };
 
@@ -425,8 +488,9 @@ StackArgs validate_stack(int kind_int, py::handle x_, py::dict params, int64_t n
   cfg.steps = a.x.shape(batch_first ? 1 : 0);
   cfg.batch = a.x.shape(batch_first ? 0 : 1);
   cfg.input = a.x.shape(2);
-  FUSEDRNN_CHECK(cfg.steps >= 1 && cfg.batch >= 1 && cfg.input >= 1,
-                 "x must be non-empty (every size >= 1), got shape ", shape_str(a.x));
+  FUSEDRNN_CHECK(cfg.steps >= 1 && cfg.input >= 1,
+                 "x must have at least one time step and input_size >= 1 (batch may be 0), "
+                 "got shape ", shape_str(a.x));
 
   auto get = [&](const std::string& name) -> std::optional<py::array> {
     if (!params.contains(name)) return std::nullopt;
@@ -508,15 +572,23 @@ py::tuple stack_forward_typed(StackArgs& a, bool training) {
   auto w = weight_ptrs<T>(a.weights, cfg, a.has_bias);
   const int64_t* lens = a.lengths ? static_cast<const int64_t*>(a.lengths->data()) : nullptr;
   fusedrnn::StackStatePtr<T> state;
+  std::shared_ptr<StackContext> c;
+  if (training) {
+    c = std::make_shared<StackContext>();
+    c->stamps.add("x", a.x);
+    for (size_t i = 0; i < a.weights.size(); ++i) c->stamps.add(a.names[i], a.weights[i]);
+    c->stamps.add("h0", a.h0);
+    c->stamps.add("c0", a.c0);
+  }
   {
     py::gil_scoped_release nogil;
+    if (c) c->stamps.stamp();
     state = fusedrnn::stack_forward<T>(cfg, w, lens, static_cast<const T*>(a.x.data()),
                                        cptr<T>(a.h0), cptr<T>(a.c0), y.mutable_data(),
                                        h_n.mutable_data(), ptr<T>(c_n), training);
   }
   py::object ctx = py::none();
   if (training) {
-    auto c = std::make_shared<StackContext>();
     c->cfg = cfg;
     c->dtype = a.dtype;
     c->has_bias = a.has_bias;
@@ -524,6 +596,8 @@ py::tuple stack_forward_typed(StackArgs& a, bool training) {
     c->weights = a.weights;
     c->names = a.names;
     c->lengths = a.lengths;
+    c->h0 = a.h0;
+    c->c0 = a.c0;
     c->state = std::shared_ptr<fusedrnn::StackState<T>>(state.release(),
                                                         fusedrnn::StackStateDeleter<T>());
     ctx = py::cast(c);
@@ -570,8 +644,8 @@ py::tuple stack_backward_typed(StackContext& c, std::optional<py::array>& dy,
                           py::str(c.dtype).cast<std::string>());
       std::vector<int64_t> want(wt.shape(), wt.shape() + wt.ndim());
       check_shape(ga, ("grads['" + name + "']").c_str(), want, "like the parameter");
-      FUSEDRNN_CHECK((ga.flags() & py::array::c_style) && ga.writeable(),
-                     "grads['", name, "'] must be C-contiguous and writeable");
+      FUSEDRNN_CHECK(usable_in_place(ga) && ga.writeable(),
+                     "grads['", name, "'] must be C-contiguous, aligned and writeable");
       gptr.push_back(static_cast<T*>(ga.mutable_data()));
     } else {
       auto ga = empty<T>(std::vector<py::ssize_t>(wt.shape(), wt.shape() + wt.ndim()));
@@ -594,6 +668,7 @@ py::tuple stack_backward_typed(StackContext& c, std::optional<py::array>& dy,
   auto* state = static_cast<fusedrnn::StackState<T>*>(c.state.get());
   {
     py::gil_scoped_release nogil;
+    c.stamps.check("stack_backward");
     fusedrnn::stack_backward<T>(*state, w, cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n),
                                 dx.mutable_data(), dh0.mutable_data(), ptr<T>(dc0), g,
                                 accumulate);
@@ -670,7 +745,7 @@ void gemm_typed(const py::array& a, const py::array& b, py::array& c, bool ta, b
 void gemm(py::handle a_, py::handle b_, py::handle c_, bool trans_a, bool trans_b,
           double alpha, double beta) {
   py::array c = float_arg(c_, "c", py::dtype::of<float>(), /*first=*/true);
-  FUSEDRNN_CHECK(c.is(c_) && c.writeable(), "c must be a writeable C-contiguous array");
+  FUSEDRNN_CHECK(c.is(c_) && c.writeable(), "c must be a writeable, aligned, C-contiguous array");
   py::array a = float_arg(a_, "a", c.dtype());
   py::array b = float_arg(b_, "b", c.dtype());
   FUSEDRNN_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "gemm: a, b, c must be 2-D");
@@ -679,7 +754,7 @@ void gemm(py::handle a_, py::handle b_, py::handle c_, bool trans_a, bool trans_
 }
 
 // Test hook: the float activations the kernels use (generic build), elementwise.
-py::array_t<float> activation(const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+py::array_t<float> activation(const std::string& name, py::array_t<float, kInPlace | py::array::forcecast> x) {
   auto out = py::array_t<float>(x.size());
   const float* in = x.data();
   float* o = out.mutable_data();
@@ -771,6 +846,7 @@ PYBIND11_MODULE(_C, m) {
         "c = alpha op(a) op(b) + beta c in place, on fusedrnn's threads and BLAS.");
   m.def("_activation", &activation, py::arg("name"), py::arg("x"),
         "Test hook: the kernels' float32 exp/sigmoid/tanh, elementwise.");
+  m.attr("MAX_THREADS") = fusedrnn::kMaxThreads;
   m.attr("KIND_RNN_TANH") = int(CellKind::RnnTanh);
   m.attr("KIND_RNN_RELU") = int(CellKind::RnnRelu);
   m.attr("KIND_LSTM") = int(CellKind::Lstm);

@@ -23,9 +23,14 @@ __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
 def set_num_threads(n: int) -> None:
     """Sets the threads used by fusedrnn's OpenMP regions and its BLAS (both, never nested).
 
-    The default is ``OMP_NUM_THREADS`` or the number of cores."""
+    ``n`` in [1, 1024] (``ValueError`` otherwise; libgomp crashes or aborts creating tens of
+    thousands). The default is ``OMP_NUM_THREADS`` (capped at 1024) or the number of cores.
+    OpenMP may grant a region fewer threads (``OMP_THREAD_LIMIT``, ``OMP_DYNAMIC``, a call from
+    inside another parallel region); the kernels split their work over the threads they get."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= _C.MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must lie in [1, {_C.MAX_THREADS}], got {n}")
     _C.set_num_threads(n)
 
 

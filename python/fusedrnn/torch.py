@@ -37,7 +37,9 @@ Differences from PyTorch, all deliberate:
   generator per forward: ``torch.manual_seed`` makes runs reproducible, but the masks are not
   the ones ``torch.nn.LSTM`` would draw. Without active dropout no random number is drawn, so
   the rest of a program's random stream is the same as with ``torch.nn.LSTM``.
-* First-order gradients only (the backward is not itself differentiable).
+* First-order gradients only: differentiating a gradient of these modules (double backward,
+  e.g. ``autograd.grad(..., create_graph=True)`` then a backward through its result) raises a
+  ``RuntimeError`` rather than silently treating the gradient as a constant.
 * ``torch.compile`` runs the native call eagerly (a graph break around it); TorchScript
   (``torch.jit.script``) is not supported.
 * The native context kept for backward lives as long as the autograd graph (as long as an
@@ -67,7 +69,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -146,6 +147,27 @@ def _wrap_outputs(y, h_n, c_n):
     return out if c_n is None else out + (torch.from_numpy(c_n),)
 
 
+_NO_DOUBLE_BACKWARD = (
+    "fusedrnn.torch does not support double backward: this graph differentiates the gradient "
+    "of a fusedrnn RNN (autograd.grad(..., create_graph=True) followed by a backward through "
+    "its result, e.g. a gradient penalty). Use the torch.nn class for higher-order gradients.")
+
+
+class _DoubleBackwardError(torch.autograd.Function):
+    """Identity on the first-order gradients computed under ``create_graph=True``, attached to
+    what they depend on (the forward's inputs and the incoming gradients), whose backward
+    raises. Without it those gradients would be constants to autograd and any term built on
+    them would silently contribute nothing."""
+
+    @staticmethod
+    def forward(ctx, n_grads, *tensors):
+        return tuple(g.view_as(g) for g in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
+
+
 class _StackFunction(torch.autograd.Function):
     """``(cfg, x, h0, c0, *weights) -> (y, h_n[, c_n])`` through one native stack call."""
 
@@ -159,9 +181,8 @@ class _StackFunction(torch.autograd.Function):
         return _wrap_outputs(y, h_n, c_n)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
-        ctx.saved_tensors  # raises if an input or a weight was modified in place after forward
+        saved = ctx.saved_tensors  # raises if an input or a weight was modified in place
         dx, dh0, dc0, grads = _F.stack_backward(ctx.nctx, _as_array_or_none(dy),
                                                 _as_array_or_none(dh_n),
                                                 _as_array_or_none(dc_n))
@@ -169,6 +190,16 @@ class _StackFunction(torch.autograd.Function):
         wrap = lambda a, i: torch.from_numpy(a) if need[i] and a is not None else None
         out = [None, wrap(dx, 1), wrap(dh0, 2), wrap(dc0, 3)]
         out += [wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)]
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients must stay connected to what they depend on, and
+            # differentiating them must raise (no double backward yet), not give zero.
+            sources = [t for t in (*saved, dy, dh_n, dc_n)
+                       if isinstance(t, torch.Tensor) and t.requires_grad]
+            at = [i for i, g in enumerate(out) if g is not None]
+            if sources and at:
+                linked = _DoubleBackwardError.apply(len(at), *(out[i] for i in at), *sources)
+                for i, g in zip(at, linked):
+                    out[i] = g
         return tuple(out)
 
 
