@@ -126,7 +126,7 @@ const T* cptr(const std::optional<py::array>& a) {
   return a ? static_cast<const T*>(a->data()) : nullptr;
 }
 
-// The arrays a backward will read, stamped by the training forward (fusedrnn::content_stamp)
+// The arrays a backward will read, stamped by the training forward (fusedrnn::content_stamps)
 // and checked by backward: changing one in place in between (an optimizer step, a
 // load_state_dict, reusing an input buffer) raises instead of mixing old activations with
 // new values. Pointers and sizes are taken with the GIL held; the stamps are computed
@@ -146,11 +146,13 @@ struct Stamps {
   }
   void stamp() {  // without the GIL
     values.resize(data.size());
-    for (size_t i = 0; i < data.size(); ++i) values[i] = fusedrnn::content_stamp(data[i], bytes[i]);
+    fusedrnn::content_stamps(data.size(), data.data(), bytes.data(), values.data());
   }
   void check(const char* fn) const {  // without the GIL
+    std::vector<uint64_t> now(data.size());
+    fusedrnn::content_stamps(data.size(), data.data(), bytes.data(), now.data());
     for (size_t i = 0; i < data.size(); ++i)
-      if (fusedrnn::content_stamp(data[i], bytes[i]) != values[i])
+      if (now[i] != values[i])
         throw std::runtime_error(concat(
             fn, ": '", names[i], "' was modified (by an inplace operation) after the training "
             "forward call; backward would combine that call's saved activations with the new "
@@ -559,7 +561,7 @@ StackArgs validate_stack(int kind_int, py::handle x_, py::dict params, int64_t n
 }
 
 template <class T>
-py::tuple stack_forward_typed(StackArgs& a, bool training) {
+py::tuple stack_forward_typed(StackArgs& a, bool training, bool check_inplace) {
   const auto& cfg = a.cfg;
   const int64_t LD = cfg.layers * cfg.dirs, R = cfg.recurrent();
   std::vector<py::ssize_t> yshape = cfg.batch_first
@@ -573,8 +575,8 @@ py::tuple stack_forward_typed(StackArgs& a, bool training) {
   const int64_t* lens = a.lengths ? static_cast<const int64_t*>(a.lengths->data()) : nullptr;
   fusedrnn::StackStatePtr<T> state;
   std::shared_ptr<StackContext> c;
-  if (training) {
-    c = std::make_shared<StackContext>();
+  if (training) c = std::make_shared<StackContext>();
+  if (training && check_inplace) {
     c->stamps.add("x", a.x);
     for (size_t i = 0; i < a.weights.size(); ++i) c->stamps.add(a.names[i], a.weights[i]);
     c->stamps.add("h0", a.h0);
@@ -607,11 +609,13 @@ py::tuple stack_forward_typed(StackArgs& a, bool training) {
 
 py::tuple stack_forward(int kind, py::handle x, py::dict params, int64_t num_layers,
                         bool bidirectional, py::handle h0, py::handle c0, py::handle lengths,
-                        bool batch_first, double dropout, uint64_t seed, bool training) {
+                        bool batch_first, double dropout, uint64_t seed, bool training,
+                        bool check_inplace) {
   StackArgs a = validate_stack(kind, x, params, num_layers, bidirectional, h0, c0, lengths,
                                batch_first, dropout, seed);
-  if (a.dtype.equal(py::dtype::of<float>())) return stack_forward_typed<float>(a, training);
-  return stack_forward_typed<double>(a, training);
+  if (a.dtype.equal(py::dtype::of<float>()))
+    return stack_forward_typed<float>(a, training, check_inplace);
+  return stack_forward_typed<double>(a, training, check_inplace);
 }
 
 template <class T>
@@ -832,7 +836,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("stack_forward", &stack_forward, py::arg("kind"), py::arg("x"), py::arg("params"),
         py::arg("num_layers"), py::arg("bidirectional"), py::arg("h0"), py::arg("c0"),
         py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"), py::arg("seed"),
-        py::arg("training"), "Whole stack. Returns (y, h_n, c_n or None, ctx or None).");
+        py::arg("training"), py::arg("check_inplace") = true,
+        "Whole stack. Returns (y, h_n, c_n or None, ctx or None).");
   m.def("stack_backward", &stack_backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("grads"),
         "BPTT through a stack. Returns (dx, dh0, dc0 or None, grads by PyTorch name).");

@@ -1,9 +1,12 @@
 // Picks the instruction set of the CPU kernels at run time: the package may be built on one
 // x86-64 machine and run on another. FUSEDRNN_ISA=generic|avx2|avx512 in the environment
 // forces a path the CPU supports (the tests run every path this way).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
@@ -19,6 +22,7 @@ namespace fusedrnn {
   void layer_forward_isa(CellKind kind, const ForwardParams<T>& p);            \
   template <class T>                                                           \
   void layer_backward_isa(CellKind kind, const BackwardParams<T>& p);          \
+  uint64_t stamp_chunk_isa(const void* data, size_t bytes);                   \
   }
 FUSEDRNN_DECLARE_ISA(isa_generic)
 #if FUSEDRNN_X86_ISAS
@@ -109,6 +113,43 @@ void layer_backward(CellKind kind, const BackwardParams<T>& p) {
 #endif
     return isa_generic::layer_backward_isa<T>(kind, p);
   });
+}
+
+namespace {
+uint64_t stamp_chunk(const void* data, size_t bytes) {
+#if FUSEDRNN_X86_ISAS
+  if (g_isa == Isa::Avx512) return isa_avx512::stamp_chunk_isa(data, bytes);
+  if (g_isa == Isa::Avx2) return isa_avx2::stamp_chunk_isa(data, bytes);
+#endif
+  return isa_generic::stamp_chunk_isa(data, bytes);
+}
+}  // namespace
+
+void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out) {
+  // Fixed 256 KiB chunks, hashed independently and combined in order: the stamp does not
+  // depend on the thread count (forward and backward may run on different teams).
+  constexpr size_t kChunk = size_t(256) << 10;
+  std::vector<std::pair<size_t, size_t>> chunks;  // (array, offset)
+  for (size_t a = 0; a < n; ++a)
+    for (size_t off = 0; off == 0 || off < bytes[a]; off += kChunk) chunks.push_back({a, off});
+  std::vector<uint64_t> hashes(chunks.size());
+  auto hash_all = [&] {
+    const int64_t nc = int64_t(chunks.size());
+    const int nt = nc > 1 ? get_num_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nc > 1)
+    for (int64_t c = 0; c < nc; ++c) {
+      const size_t a = chunks[c].first, off = chunks[c].second;
+      const size_t len = std::min(kChunk, bytes[a] - off);
+      hashes[c] = stamp_chunk(static_cast<const unsigned char*>(data[a]) + off, len);
+    }
+  };
+  if (chunks.size() > 1) run_parallel_work(hash_all);
+  else hash_all();
+  for (size_t a = 0; a < n; ++a) out[a] = 0;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    uint64_t& h = out[chunks[c].first];
+    h = h * 0x100000001B3ull ^ hashes[c];  // ordered: chunk c's place matters
+  }
 }
 
 template void layer_forward<float>(CellKind, const ForwardParams<float>&);

@@ -243,41 +243,6 @@ void workspace_trim() {
   p.idle.clear();
 }
 
-uint64_t content_stamp(const void* data, size_t bytes) {
-  // Fletcher-style sums over 64-bit words in 8 independent lanes (vectorised adds, memory
-  // bound): any change to a single word changes s1, a swap or a cancelling pair changes s2.
-  // Not cryptographic: it catches modifications, not adversaries.
-  constexpr int kL = 8;
-  const unsigned char* c = static_cast<const unsigned char*>(data);
-  uint64_t s1[kL] = {}, s2[kL] = {};
-  const size_t words = bytes / 8, full = words / kL * kL;
-  for (size_t i = 0; i < full; i += kL) {
-    uint64_t w[kL];
-    std::memcpy(w, c + 8 * i, sizeof w);
-#pragma GCC unroll 8
-    for (int l = 0; l < kL; ++l) {
-      s1[l] += w[l];
-      s2[l] += s1[l];
-    }
-  }
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ bytes;
-  auto mix = [&](uint64_t v) {
-    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 31;
-  };
-  for (int l = 0; l < kL; ++l) {
-    mix(s1[l]);
-    mix(s2[l]);
-  }
-  for (size_t i = 8 * full; i < bytes; i += 8) {  // the tail, word by word
-    uint64_t w = 0;
-    std::memcpy(&w, c + i, std::min<size_t>(8, bytes - i));
-    mix(w);
-  }
-  return h;
-}
-
 std::string blas_name() { return "scipy-openblas32 (OpenBLAS)"; }
 std::string blas_config() { return scipy_openblas_get_config(); }
 std::string blas_core() { return scipy_openblas_get_corename(); }

@@ -25,8 +25,11 @@ the states after each sequence's last valid step; ``ctx``, an opaque context (No
 be None for zero) and return a dict with keys ``x, h0, weight_ih, weight_hh`` and, where they
 apply, ``c0, bias_ih, bias_hh, weight_hr``.
 
-The GIL is released while the kernels run. ``ctx`` keeps references to the input and weight
-arrays: modifying them in place before backward gives wrong gradients.
+The GIL is released while the kernels run. ``ctx`` keeps references to the input, initial
+state and weight arrays; a training forward stamps their contents (a fast checksum) and
+backward raises ``RuntimeError`` if one of them was modified in place in between (an optimizer
+step, ``load_state_dict``, a reused input buffer), as torch does, rather than combining old
+activations with new values.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def _stack_kind(mode, reset_after):
 
 def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None, c0=None,
                   lengths=None, batch_first=False, dropout=0.0, seed=0, reset_after=True,
-                  training=True):
+                  training=True, check_inplace=True):
     """A whole multi-layer, optionally bidirectional network in one native call, as
     ``torch.nn.RNN/LSTM/GRU``.
 
@@ -126,12 +129,15 @@ def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None
 
     Returns ``(y, h_n, c_n, ctx)``: y (T, B, D*R) (batch-first if asked), h_n (L*D, B, R),
     c_n (L*D, B, H) or None, ctx (None unless ``training``). ``ctx.keep_masks`` holds the
-    dropout masks (time-major bools). ``ctx`` refers to ``x`` and the parameter arrays: do not
-    modify them in place before backward."""
+    dropout masks (time-major bools). ``ctx`` refers to ``x``, ``h0``, ``c0`` and the parameter
+    arrays: a training forward stamps their contents and :func:`stack_backward` raises
+    ``RuntimeError`` if one was modified in place in between (``check_inplace=False`` skips
+    the stamps, for a caller that tracks modifications itself, as the torch adapter does with
+    autograd's version counters)."""
     seed = int(seed) & (2**64 - 1)
     return _C.stack_forward(_stack_kind(mode, reset_after), x, params, num_layers,
                             bidirectional, h0, c0, lengths, batch_first, float(dropout), seed,
-                            training)
+                            training, bool(check_inplace))
 
 
 def stack_backward(ctx, dy=None, dh_n=None, dc_n=None, *, grads=None):

@@ -139,7 +139,10 @@ def _native_forward(cfg, x, h0, c0, weights, training):
                             bidirectional=cfg.bidirectional, h0=_as_array_or_none(h0),
                             c0=_as_array_or_none(c0), lengths=cfg.lengths,
                             batch_first=cfg.batch_first, dropout=cfg.dropout, seed=cfg.seed,
-                            reset_after=cfg.reset_after, training=training)
+                            reset_after=cfg.reset_after, training=training,
+                            # in-place changes are caught by autograd's version counters
+                            # (save_for_backward below), as for torch.nn
+                            check_inplace=False)
 
 
 def _wrap_outputs(y, h_n, c_n):

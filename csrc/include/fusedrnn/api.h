@@ -18,10 +18,11 @@ void workspace_release(void* ptr, size_t capacity);
 void workspace_trim();
 size_t workspace_idle_bytes();  // what the pool keeps now (at most 8 buffers, 512 MiB)
 
-// A 64-bit fingerprint of `bytes` bytes: a training forward stamps the arrays backward will
-// read, backward checks them, so an in-place change in between raises instead of mixing old
-// activations with new weights.
-uint64_t content_stamp(const void* data, size_t bytes);
+// 64-bit fingerprints of n arrays (data[i], bytes[i] bytes) into out[i], the same whatever the
+// thread count: a training forward stamps the arrays backward will read, backward checks
+// them, so an in-place change in between raises instead of mixing old activations with new
+// weights. Parallel over 256 KiB chunks (cpu/stamp.h, per instruction set).
+void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out);
 
 // Runs fn where a multi-threaded OpenMP region cannot hang: in place, except on the thread
 // that called fork() in a forked child, whose libgomp worker pool is stale (cpu/runtime.cpp).
