@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import fusedrnn
+import fusedrnn.nn
 from fusedrnn import functional as F
 from fusedrnn import reference as ref
 
@@ -105,11 +106,17 @@ def _model_and_input():
     return m, x
 
 
+def _linear():
+    """nn.Linear's GEMM on fusedrnn's threads (a parallel region of its own)."""
+    lin = fusedrnn.nn.Linear(96, 96, seed=0)
+    return lin(np.ones((96, 96), np.float32))
+
+
 def _child_run(queue):
     fusedrnn.set_num_threads(2)  # as the parent: the same split, the same bits
     m, x = _model_and_input()
     y, _ = m(x)
-    queue.put(y)
+    queue.put((y, _linear()))
 
 
 def cmd_start_method(args):
@@ -119,6 +126,7 @@ def cmd_start_method(args):
     fusedrnn.set_num_threads(2)
     m, x = _model_and_input()
     y0, _ = m(x)
+    lin0 = _linear()
     ctx = mp.get_context(args[0])
     q = ctx.Queue()
     procs = [ctx.Process(target=_child_run, args=(q,)) for _ in range(2)]
@@ -127,8 +135,8 @@ def cmd_start_method(args):
     ys = [q.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
-    report(all(np.array_equal(y, y0) for y in ys) and all(p.exitcode == 0 for p in procs),
-           exitcodes=[p.exitcode for p in procs])
+    report(all(np.array_equal(y, y0) and np.array_equal(lin, lin0) for y, lin in ys)
+           and all(p.exitcode == 0 for p in procs), exitcodes=[p.exitcode for p in procs])
 
 
 def cmd_fork_race(args):
@@ -139,6 +147,7 @@ def cmd_fork_race(args):
     m, x = _model_and_input()
     small = x[:2, :2]
     y0, _ = m(small)
+    lin0 = _linear()
     stop = threading.Event()
 
     def busy():
@@ -153,7 +162,7 @@ def cmd_fork_race(args):
             pid = os.fork()
             if pid == 0:  # child: one call on the forking thread, one on a new thread
                 try:
-                    ok = np.array_equal(m(small)[0], y0)
+                    ok = np.array_equal(m(small)[0], y0) and np.array_equal(_linear(), lin0)
                     out = []
                     th = threading.Thread(target=lambda: out.append(m(small)[0]))
                     th.start()

@@ -89,20 +89,23 @@ void gemm_par(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alp
     return;
   }
   const bool by_rows = M >= N;
+  run_parallel_work([&] {
 #pragma omp parallel num_threads(nt)
-  {
-    int64_t lo, hi;  // over the team granted, which may be smaller than nt
-    split(by_rows ? M : N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
-    if (hi > lo) {
-      if (by_rows) {
-        const T* a = trans_a ? A + lo : A + lo * lda;
-        gemm<T>(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc);
-      } else {
-        const T* b = trans_b ? B + lo * ldb : B + lo;
-        gemm<T>(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+    {
+      int64_t lo, hi;  // over the team granted, which may be smaller than nt
+      split(by_rows ? M : N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
+      if (hi > lo) {
+        if (by_rows) {
+          const T* a = trans_a ? A + lo : A + lo * lda;
+          gemm<T>(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc,
+                  ldc);
+        } else {
+          const T* b = trans_b ? B + lo * ldb : B + lo;
+          gemm<T>(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+        }
       }
     }
-  }
+  });
 }
 
 template <class T>
@@ -113,12 +116,14 @@ void gemv_t_par(int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T*
     gemv_t<T>(M, N, alpha, A, lda, x, beta, y);
     return;
   }
+  run_parallel_work([&] {
 #pragma omp parallel num_threads(nt)
-  {
-    int64_t lo, hi;
-    split(N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
-    if (hi > lo) gemv_t<T>(M, hi - lo, alpha, A + lo, lda, x, beta, y + lo);
-  }
+    {
+      int64_t lo, hi;
+      split(N, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
+      if (hi > lo) gemv_t<T>(M, hi - lo, alpha, A + lo, lda, x, beta, y + lo);
+    }
+  });
 }
 
 template void gemm_par<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
