@@ -58,7 +58,11 @@ stay independent. With a PyTorch built on another OpenMP (Intel ``libiomp5``, LL
 conda/MKL builds, macOS) the two runtimes live side by side, each with its own worker threads;
 they run one after the other (never nested), but one runtime's workers spinning after its region
 ends can take cores from the other's next region. If that shows in a profile, cap the spin time
-(``OMP_WAIT_POLICY=passive``, ``KMP_BLOCKTIME=0``) or give each fewer threads.
+(``OMP_WAIT_POLICY=passive``, ``KMP_BLOCKTIME=0``) or give each fewer threads. Called from
+inside torch's intra-op parallel region, fusedrnn gets (and correctly uses) a one-thread team.
+``DataLoader`` workers and other forked children work after the parent ran fusedrnn: multi-
+threaded work on the thread that forked runs on a helper thread fusedrnn starts in the child
+(GNU OpenMP's worker pool of that thread is stale there).
 """
 
 from __future__ import annotations
