@@ -266,7 +266,7 @@ void stack_backward(const StackState<T>& st, const std::vector<StackWeights<T>>&
 
 template <class T>
 const uint8_t* stack_keep_mask(const StackState<T>& st, int64_t l) {
-  if (l < 0 || l >= (int64_t)st.keep.size() || !st.keep[l].size) return nullptr;
+  if (l < 0 || l >= (int64_t)st.keep.size() || !st.keep[l].data) return nullptr;  // no dropout
   return st.keep[l].get();
 }
 

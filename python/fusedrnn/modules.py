@@ -349,11 +349,13 @@ class _CellBase(_ParamModule):
             c1 = None
         return h1, c1, ctx
 
-    def _pop(self):
+    def _latest(self):
+        """The newest kept context; backward pops it only once it has succeeded, so a rejected
+        call leaves the cell as it was."""
         if not self._stack:
             raise RuntimeError("backward needs a forward call in training mode (cell.train()) or "
                                "with need_grad=True, one per backward call")
-        return self._stack.pop()
+        return self._stack[-1]
 
     def _accumulate(self, g):
         for name in self.grads:
@@ -396,11 +398,12 @@ class _SingleStateCell(_CellBase):
     def backward(self, dh):
         """Back-propagates the most recent kept step: ``dh`` like h'. Adds parameter gradients
         into :attr:`grads`. Returns ``(dx, dh_prev)``."""
-        ctx, unbatched = self._pop()
+        ctx, unbatched = self._latest()
         dh = _to_numpy(dh)
         dh = dh[None] if unbatched else dh
         fn = F.gru_backward if self.mode == "GRU" else F.rnn_backward
         g = fn(ctx, None, dh)
+        self._stack.pop()
         self._accumulate({k: v for k, v in g.items() if k.startswith(("weight", "bias"))})
         dx, dh0 = g["x"][0], g["h0"]
         return (dx[0], dh0[0]) if unbatched else (dx, dh0)
@@ -448,13 +451,14 @@ class LSTMCell(_CellBase):
 
     def backward(self, dh, dc=None):
         """Back-propagates the most recent kept step. Returns ``(dx, (dh_prev, dc_prev))``."""
-        ctx, unbatched = self._pop()
+        ctx, unbatched = self._latest()
         dh = _to_numpy(dh)
         dc = None if dc is None else _to_numpy(dc)
         if unbatched:
             dh = dh[None]
             dc = None if dc is None else dc[None]
         g = F.lstm_backward(ctx, None, dh, dc)
+        self._stack.pop()
         self._accumulate({k: v for k, v in g.items() if k.startswith(("weight", "bias"))})
         dx, dh0, dc0 = g["x"][0], g["h0"], g["c0"]
         return (dx[0], (dh0[0], dc0[0])) if unbatched else (dx, (dh0, dc0))
