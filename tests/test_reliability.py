@@ -404,3 +404,51 @@ def test_python_threads_bit_for_bit():
             np.testing.assert_array_equal(a, b)
         for k in serial[i][3]:
             np.testing.assert_array_equal(serial[i][3][k], results[i][3][k])
+
+
+# --- found by the fuzz test (tests/test_fuzz.py) ---------------------------------------------
+
+def test_rejected_cell_backward_leaves_the_cell_unchanged():
+    """A backward rejected for a bad dh used to pop the step's context anyway: the next,
+    valid backward then ran through the wrong step."""
+    cell = fusedrnn.LSTMCell(2, 3, seed=0).train()
+    x = np.ones((1, 2), np.float32)
+    h1, c1 = cell(x)
+    h2, c2 = cell(x, (h1, c1))
+    with pytest.raises((ValueError, TypeError)):
+        cell.backward(np.ones((1, 3), np.float16))
+    dx, (dh, dc) = cell.backward(np.ones_like(h2))  # still step 2
+    ref_cell = fusedrnn.LSTMCell(2, 3, seed=0).train()
+    ref_cell(x)
+    ref_cell(x, (h1, c1))
+    want = ref_cell.backward(np.ones_like(h2))
+    np.testing.assert_array_equal(dh, want[1][0])
+
+
+def test_empty_batch_keep_masks_and_lengths():
+    params = {"weight_ih_l0": np.ones((2, 1)), "weight_hh_l0": np.ones((2, 2)),
+              "weight_ih_l1": np.ones((2, 2)), "weight_hh_l1": np.ones((2, 2))}
+    x = np.zeros((3, 0, 1))
+    *_, ctx = F.stack_forward("rnn_tanh", x, params, num_layers=2, dropout=0.5, lengths=[])
+    (mask,) = ctx.keep_masks
+    assert mask.shape == (3, 0, 2) and mask.dtype == bool
+
+
+def test_unbatched_backward_with_a_bad_state_gradient_is_a_value_error():
+    m = fusedrnn.GRU(2, 3, seed=0).train()
+    y, h = m(np.ones((4, 2), np.float32))
+    for bad in (1.0, np.float32(1.0), np.ones(3, np.float32)[None, None]):
+        with pytest.raises(ValueError, match="dh_n must be 2-D"):
+            m.backward(np.ones_like(y), bad)
+    with pytest.raises(ValueError, match="dy must be 2-D"):
+        m.backward(np.float32(1.0))
+
+
+def test_torch_adapter_lstm_state_must_be_two_tensors():
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as ft
+    for m, x, h in ((ft.LSTM(3, 4), torch.randn(2, 1, 3), torch.zeros(1, 1, 4)),
+                    (ft.LSTMCell(3, 4), torch.randn(1, 3), torch.zeros(1, 4))):
+        for hx in ((h, None), (None, h), (h.numpy(), h), (h, [0.0])):
+            with pytest.raises(TypeError, match="hx must be a tuple"):
+                m(x, hx)

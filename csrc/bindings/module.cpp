@@ -93,7 +93,9 @@ void check_shape(const py::array& a, const char* name, std::vector<int64_t> want
 std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
   if (obj.is_none()) return std::nullopt;
   py::array l = py::array::ensure(obj);
-  FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u'),
+  // An empty list (an empty batch's lengths) arrives as float64: no values, nothing to cast.
+  FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u' ||
+                            (l.size() == 0 && l.dtype().kind() == 'f')),
                       "lengths must be an integer array, got ",
                       l ? dtype_str(l) : type_name(obj));
   check_shape(l, "lengths", {B}, "(batch,)");

@@ -211,11 +211,17 @@ class _RNNBase(_ParamModule):
             else:
                 dh_n = dstate
         if unbatched:
-            expand = (lambda a: None if a is None else _to_numpy(a)[:, None])
-            dh_n, dc_n = expand(dh_n), expand(dc_n)
-            if dy is not None:
-                dy = _to_numpy(dy)
-                dy = dy[:, None] if not self.batch_first else dy[None]
+            def expand(name, a, ndim, axis):
+                if a is None:
+                    return None
+                a = _to_numpy(a)
+                if a.ndim != ndim:
+                    raise ValueError(f"{name} must be {ndim}-D for unbatched input (like the "
+                                     f"forward's output), got shape {a.shape}")
+                return np.expand_dims(a, axis)
+            dh_n = expand("dh_n", dh_n, 2, 1)
+            dc_n = expand("dc_n", dc_n, 2, 1)
+            dy = expand("dy", dy, 2, 0 if self.batch_first else 1)
         dx, dh0, dc0, _ = F.stack_backward(ctx, dy, dh_n, dc_n, grads=self.grads)
         if unbatched:
             dx = dx[:, 0] if not self.batch_first else dx[0]

@@ -32,6 +32,11 @@ Differences from PyTorch, all deliberate:
 
 * CPU only, float32 and float64. A CUDA (or other non-CPU) tensor, or another dtype, raises a
   ``RuntimeError``/``TypeError`` that says so; use ``torch.nn.LSTM`` there.
+* Every tensor of a call (input, states, parameters) must have the parameters' dtype; a mix
+  raises a ``ValueError`` naming the odd one. torch.nn is inconsistent there (``LSTMCell``
+  with float32 weights and a float64 ``c`` returns float64 states; a float64 ``LSTM`` casts a
+  float32 ``c_0``; a float64 ``h_0`` with float32 weights fails inside oneDNN), so no single
+  rule would match it.
 * Dropout (between layers, training mode only, as in PyTorch) draws its masks from fusedrnn's
   own counter-based generator, seeded by one ``torch.randint`` draw from PyTorch's default
   generator per forward: ``torch.manual_seed`` makes runs reproducible, but the masks are not
@@ -99,6 +104,13 @@ def _as_array(t):
 
 def _as_array_or_none(t):
     return None if t is None else _as_array(t)
+
+
+def _describe(obj):
+    """A value's type, and its items' types for a tuple or list."""
+    if isinstance(obj, (tuple, list)):
+        return f"{type(obj).__name__} of ({', '.join(type(o).__name__ for o in obj)})"
+    return type(obj).__name__
 
 
 def _check_tensors(owner, tensors):
@@ -366,9 +378,10 @@ class RNNBase(torch.nn.Module):
         if hx is None:
             return None, None
         if self.mode == "LSTM":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            if (not isinstance(hx, (tuple, list)) or len(hx) != 2
+                    or not all(isinstance(s, torch.Tensor) for s in hx)):
                 raise TypeError(f"{self._cls}: hx must be a tuple (h_0, c_0) of tensors, got "
-                                f"{type(hx).__name__}")
+                                f"{_describe(hx)}")
             return hx[0], hx[1]
         if not isinstance(hx, torch.Tensor):
             raise TypeError(f"{self._cls}: hx must be a tensor, got {type(hx).__name__}")
@@ -636,11 +649,12 @@ class LSTMCell(RNNCellBase):
     def forward(self, input, hx=None):
         if hx is None:
             states = [None, None]
-        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+        elif (isinstance(hx, (tuple, list)) and len(hx) == 2
+              and all(isinstance(t, torch.Tensor) for t in hx)):
             states = list(hx)
         else:
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors, got "
-                            f"{type(hx).__name__}")
+                            f"{_describe(hx)}")
         return self._step(input, states)
 
 
