@@ -5,7 +5,8 @@
 // vectorise (libm calls do not, and were a third of a B=16 LSTM step); double uses libm.
 // Accuracy of the float forms against double libm (tests/test_activations.py, ~4.4M inputs):
 // exp_fast <= 1 ulp on [-87, 88], sigmoid <= 2.5 ulp, tanh <= 1.3 ulp (bounds tested: 2, 3, 2).
-// Outside: exp overflows to inf and underflows to 0, so sigmoid(-inf) = 0 and sigmoid(inf) = 1.
+// exp_fast is +inf from 88.38 (so sigmoid(-inf) and sigmoid(-100) are exactly 0, as in the
+// float32 reference, and sigmoid(inf) = 1) and ~1.2e-38 below ln(FLT_MIN).
 // No -ffast-math: NaN stays NaN, infinities saturate.
 #include <cmath>
 #include <cstdint>
@@ -18,13 +19,18 @@ FUSEDRNN_ISA_BEGIN
 
 FUSEDRNN_HOST_DEVICE float exp_fast(float x) {
   // Cephes expf: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, times 2^n.
-  // Selects, not branches, so loops vectorise; NaN is replaced before the float -> int
-  // conversion (undefined for NaN) and put back at the end.
-  float xc = x == x ? x : 0.0f;
-  xc = xc > 88.7228394f ? 88.7228394f : xc;  // ln(FLT_MAX)
-  xc = xc < -87.3365447504f ? -87.3365447504f : xc;  // ln(FLT_MIN)
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = xc - n * 0.693359375f;
+  // n is read from the bits of x log2(e) + 1.5 * 2^23 (the float rounds to an integer there)
+  // in unsigned arithmetic: no float -> int conversion, which is undefined for NaN, and no
+  // shift of a negative value. NaN passes the clamps (comparisons with NaN are false), makes
+  // r and so the result NaN. Above 88.38 n is 128, whose exponent bits are those of inf: the
+  // result is +inf there (float32 exp is within 1.42x of FLT_MAX; sigmoid and tanh, the only
+  // callers, are exact there: sigmoid(-88.4) is 0 in float32 and tanh(44.2) is 1). Below
+  // ln(FLT_MIN) the result stays at FLT_MIN's order (1.2e-38), which no caller can see.
+  x = x > 89.0f ? 89.0f : x;
+  x = x < -87.3365447504f ? -87.3365447504f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // 12582912 = 1.5 * 2^23
+  const float n = t - 12582912.0f;  // round to nearest
+  float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -34,31 +40,22 @@ FUSEDRNN_HOST_DEVICE float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  // 2^n for n in [-126, 128] as 2^n1 * 2^n2 with n1, n2 in [-63, 64]: each an exact normal
-  // float, so the product rounds once (to inf past FLT_MAX).
-  const int32_t ni = static_cast<int32_t>(n);
-  const int32_t n1 = ni / 2, n2 = ni - n1;
-  const int32_t bits1 = (n1 + 127) << 23, bits2 = (n2 + 127) << 23, bits_inf = 0x7f800000;
+  // 2^n, n in [-126, 128]: the exponent bits n + 127 (255 at n = 128: inf).
 #if defined(__CUDA_ARCH__)
-  const float s1 = __int_as_float(bits1), s2 = __int_as_float(bits2);
-  const float inf = __int_as_float(bits_inf);
+  const uint32_t n_bits = __float_as_uint(t) - 0x4B400000u;
+  const float scale = __uint_as_float((n_bits + 127u) << 23);
 #elif defined(__GNUC__)
-  // a memcpy here blocks vectorisation
-  const float s1 = __builtin_bit_cast(float, bits1), s2 = __builtin_bit_cast(float, bits2);
-  const float inf = __builtin_bit_cast(float, bits_inf);
+  // bit casts, not memcpy: a memcpy here blocks vectorisation
+  const uint32_t n_bits = __builtin_bit_cast(uint32_t, t) - 0x4B400000u;
+  const float scale = __builtin_bit_cast(float, (n_bits + 127u) << 23);
 #else
-  float s1, s2, inf;
-  std::memcpy(&s1, &bits1, sizeof s1);
-  std::memcpy(&s2, &bits2, sizeof s2);
-  std::memcpy(&inf, &bits_inf, sizeof inf);
+  uint32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof t_bits);
+  const uint32_t scale_bits = (t_bits - 0x4B400000u + 127u) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
 #endif
-  float e = p * s1 * s2;
-  // As libm: +inf above ln(FLT_MAX), 0 below the normal range (libm's denormals are flushed),
-  // NaN stays NaN. So sigmoid(-inf) is exactly 0 and its gradient vanishes, as in the
-  // reference, instead of a 4e-39 floor that huge states turned into large gradients.
-  e = x > 88.7228394f ? inf : e;
-  e = x < -87.3365447504f ? 0.0f : e;
-  return x == x ? e : x;
+  return p * scale;
 }
 
 template <class T>
