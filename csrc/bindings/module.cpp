@@ -99,18 +99,16 @@ std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
                       "lengths must be an integer array, got ",
                       l ? dtype_str(l) : type_name(obj));
   check_shape(l, "lengths", {B}, "(batch,)");
-  if (l.dtype().kind() == 'u') {  // checked as unsigned: 2^63 + k must not read as negative
-    auto lu = py::array_t<uint64_t, kInPlace | py::array::forcecast>::ensure(l);
-    auto acc = lu.unchecked<1>();
+  // Checked in the signedness given, so that 2^63 + k is not reported as negative.
+  auto check = [&](auto typed) {
+    auto acc = typed.template unchecked<1>();
     for (int64_t b = 0; b < B; ++b)
-      FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= uint64_t(T), "lengths must lie in [1, T] = [1, ",
-                     T, "], got lengths[", b, "] = ", acc(b));
-  }
+      FUSEDRNN_CHECK(acc(b) >= 1 && uint64_t(acc(b)) <= uint64_t(T),
+                     "lengths must lie in [1, T] = [1, ", T, "], got lengths[", b, "] = ", acc(b));
+  };
+  if (l.dtype().kind() == 'u') check(py::array_t<uint64_t, kInPlace | py::array::forcecast>::ensure(l));
   auto l64 = py::array_t<int64_t, kInPlace | py::array::forcecast>::ensure(l);
-  auto acc = l64.unchecked<1>();
-  for (int64_t b = 0; b < B; ++b)
-    FUSEDRNN_CHECK(acc(b) >= 1 && acc(b) <= T, "lengths must lie in [1, T] = [1, ", T,
-                   "], got lengths[", b, "] = ", acc(b));
+  if (l.dtype().kind() != 'u') check(l64);
   return l64;
 }
 

@@ -132,19 +132,16 @@ void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint
   std::vector<std::pair<size_t, size_t>> chunks;  // (array, offset)
   for (size_t a = 0; a < n; ++a)
     for (size_t off = 0; off == 0 || off < bytes[a]; off += kChunk) chunks.push_back({a, off});
-  std::vector<uint64_t> hashes(chunks.size());
-  auto hash_all = [&] {
-    const int64_t nc = int64_t(chunks.size());
-    const int nt = nc > 1 ? get_num_threads() : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nc > 1)
+  const int64_t nc = int64_t(chunks.size());
+  std::vector<uint64_t> hashes(nc);
+  run_parallel_work([&] {
+#pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (nc > 1)
     for (int64_t c = 0; c < nc; ++c) {
       const size_t a = chunks[c].first, off = chunks[c].second;
       const size_t len = std::min(kChunk, bytes[a] - off);
       hashes[c] = stamp_chunk(static_cast<const unsigned char*>(data[a]) + off, len);
     }
-  };
-  if (chunks.size() > 1) run_parallel_work(hash_all);
-  else hash_all();
+  });
   for (size_t a = 0; a < n; ++a) out[a] = 0;
   for (size_t c = 0; c < chunks.size(); ++c) {
     uint64_t& h = out[chunks[c].first];

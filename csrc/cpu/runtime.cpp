@@ -1,20 +1,19 @@
 // Threads, BLAS and SIMD facts for show_config().
 #include <cblas.h>
 #include <omp.h>
-
 #include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <exception>
-#include <functional>
-#include <new>
-#include <thread>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <mutex>
+#include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fusedrnn/api.h"
@@ -57,8 +56,8 @@ int get_num_threads() {
 // other thread calls straight through. One-thread regions never touch the pool and run in place.
 namespace {
 
+// Jobs come only from the forking thread, so one at a time.
 struct ForkHelper {
-  std::mutex submit;  // one job at a time
   std::mutex m;
   std::condition_variable cv;
   const std::function<void()>* job = nullptr;
@@ -103,7 +102,6 @@ void run_parallel_work(const std::function<void()>& fn) {
     return;
   }
   ForkHelper* h = g_helper;
-  std::lock_guard<std::mutex> one_job(h->submit);
   std::unique_lock<std::mutex> lock(h->m);
   if (!h->started) {
     std::thread(helper_loop, h).detach();
@@ -228,12 +226,6 @@ void workspace_release(void* ptr, size_t capacity) {
     std::free(p.idle.front().ptr);
     p.idle.erase(p.idle.begin());
   }
-}
-
-size_t workspace_idle_bytes() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lock(p.mutex);
-  return p.idle_bytes();
 }
 
 void workspace_trim() {

@@ -16,7 +16,6 @@ namespace fusedrnn {
 void* workspace_acquire(size_t bytes, size_t& capacity);
 void workspace_release(void* ptr, size_t capacity);
 void workspace_trim();
-size_t workspace_idle_bytes();  // what the pool keeps now (at most 8 buffers, 512 MiB)
 
 // 64-bit fingerprints of n arrays (data[i], bytes[i] bytes) into out[i], the same whatever the
 // thread count: a training forward stamps the arrays backward will read, backward checks
