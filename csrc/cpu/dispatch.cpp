@@ -8,9 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "cells/gru.h"
-#include "cells/lstm.h"
-#include "cells/rnn.h"
+#include "core/registry.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
 
@@ -29,28 +27,6 @@ FUSEDRNN_DECLARE_ISA(isa_generic)
 FUSEDRNN_DECLARE_ISA(isa_avx2)
 FUSEDRNN_DECLARE_ISA(isa_avx512)
 #endif
-
-int cell_gates(CellKind kind) {
-  switch (kind) {
-    case CellKind::RnnTanh: return RnnTanhCell::kGates;
-    case CellKind::RnnRelu: return RnnReluCell::kGates;
-    case CellKind::Lstm: return LstmCell::kGates;
-    case CellKind::Gru: return GruCell::kGates;
-    case CellKind::GruV1: return GruV1Cell::kGates;
-  }
-  throw std::invalid_argument("unknown cell kind");
-}
-
-int cell_saved(CellKind kind) {
-  switch (kind) {
-    case CellKind::RnnTanh: return RnnTanhCell::kSaved;
-    case CellKind::RnnRelu: return RnnReluCell::kSaved;
-    case CellKind::Lstm: return LstmCell::kSaved;
-    case CellKind::Gru: return GruCell::kSaved;
-    case CellKind::GruV1: return GruV1Cell::kSaved;
-  }
-  throw std::invalid_argument("unknown cell kind");
-}
 
 // GruV1's bulk dW_hh reads r h as saved value 3.
 static_assert(GruV1Cell::kSaved == 4, "GruV1Cell saves [r, z, n, r h]");

@@ -14,10 +14,7 @@ enum class CellKind : int {
   GruV1 = 4,  // reset_after=False: Cho et al. / Keras / ONNX default
 };
 
-// Number of gate blocks and saved values per hidden unit for each cell kind
-// (must match the cell headers; checked by static_asserts in the CPU instantiation).
-int cell_gates(CellKind kind);
-int cell_saved(CellKind kind);
+// Gate and saved counts per kind: csrc/core/registry.h (cell_info), read from the cells.
 
 // One layer, one direction.
 template <class T>
