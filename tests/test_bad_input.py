@@ -101,7 +101,7 @@ def test_wrong_dtype_is_a_type_error(cell, arg):
 
 def test_non_arrays_and_bad_lengths_types():
     a = arrays()
-    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray, got list"):
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray or an array with __dlpack__ \(e.g. a torch tensor\), got list"):
         lstm(x=a["x"].tolist())
     with pytest.raises(TypeError, match=r"w_hh must be a numpy.ndarray"):
         lstm(w_hh="weights")

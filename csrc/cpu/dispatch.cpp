@@ -10,6 +10,7 @@
 
 #include "core/registry.h"
 #include "fusedrnn/api.h"
+#include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
 
 namespace fusedrnn {

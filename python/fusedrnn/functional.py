@@ -1,7 +1,12 @@
-"""Native fused kernels on NumPy arrays: one layer, one direction, forward and BPTT.
+"""Native fused kernels on arrays: whole stacks, and single layers as one-layer stacks.
 
-Shapes (as ``torch.nn.RNN/LSTM/GRU``; ``G`` = 1, 4 or 3 gates, ``R`` = hidden_size, or
-proj_size for an LSTM with projection):
+Arrays may be NumPy arrays or anything with ``__dlpack__`` (torch tensors, passed detached);
+outputs come back as the same kind, allocated by the caller's library (NumPy, or torch's
+allocator), and so does the training state a forward keeps for backward (``ctx.reserve``).
+Device arrays raise until the CUDA backend lands.
+
+Single layer (shapes as ``torch.nn.RNN/LSTM/GRU``; ``G`` = 1, 4 or 3 gates, ``R`` =
+hidden_size, or proj_size for an LSTM with projection):
 
 ============  ==========================  ===================================================
 argument      shape                       meaning
@@ -20,10 +25,10 @@ training      bool                        keep what backward needs and return it
 ============  ==========================  ===================================================
 
 Outputs: ``y`` (T, B, R), zero past each sequence's length; ``h_n`` (B, R) and ``c_n`` (B, H),
-the states after each sequence's last valid step; ``ctx``, an opaque context (None unless
-``training``). The backward functions take ``ctx`` and the gradients of the outputs (each may
-be None for zero) and return a dict with keys ``x, h0, weight_ih, weight_hh`` and, where they
-apply, ``c0, bias_ih, bias_hh, weight_hr``.
+the states after each sequence's last valid step; ``ctx`` (None unless ``training``). The
+backward functions take ``ctx`` and the gradients of the outputs (each may be None for zero)
+and return a dict with keys ``x, h0, weight_ih, weight_hh`` and, where they apply,
+``c0, bias_ih, bias_hh, weight_hr``.
 
 The GIL is released while the kernels run. ``ctx`` keeps references to the input, initial
 state and weight arrays; a training forward stamps their contents (a fast checksum) and
@@ -34,89 +39,118 @@ activations with new values.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
 from fusedrnn._loader import _C
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-           "gru_backward", "stack_forward", "stack_backward", "MODES"]
+           "gru_backward", "stack_forward", "stack_backward", "StackContext", "MODES"]
 
 #: Stack modes (``gru`` also takes ``reset_after``).
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
-_RNN_KINDS = {"tanh": _C.KIND_RNN_TANH, "relu": _C.KIND_RNN_RELU}
+Array = Any  # a numpy.ndarray, or an array with __dlpack__ (e.g. a torch tensor)
 
 
-def _check_ctx(ctx, fn, kinds):
-    if not isinstance(ctx, _C.Context):
-        raise TypeError(f"{fn}: ctx must be the context returned by a forward call with "
-                        f"training=True, got {type(ctx).__name__}")
-    if ctx.kind not in kinds:
-        raise ValueError(f"{fn}: ctx comes from a {ctx.kind!r} forward, expected one of {kinds}")
-
-
-def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True):
-    """Vanilla RNN layer, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
-
-    Returns ``(y, h_n, ctx)``: y (T, B, H), h_n (B, H)."""
-    if nonlinearity not in _RNN_KINDS:
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    y, h_n, _, ctx = _C.forward(_RNN_KINDS[nonlinearity], x, w_ih, w_hh, b_ih, b_hh, h0, None,
-                                None, lengths, reverse, training)
-    return y, h_n, ctx
-
-
-def rnn_backward(ctx, dy=None, dh_n=None):
-    """Gradients of :func:`rnn_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
-    _check_ctx(ctx, "rnn_backward", ("rnn_tanh", "rnn_relu"))
-    return _C.backward(ctx, dy, dh_n, None)
-
-
-def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
-                 lengths=None, reverse=False, training=True):
-    """LSTM layer (gates i, f, g, o), optionally with projection ``h = W_hr (o tanh(c))``.
-
-    Returns ``(y, h_n, c_n, ctx)``: y (T, B, R), h_n (B, R), c_n (B, H)."""
-    return _C.forward(_C.KIND_LSTM, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse,
-                      training)
-
-
-def lstm_backward(ctx, dy=None, dh_n=None, dc_n=None):
-    """Gradients of :func:`lstm_forward`: dict with x, h0, c0, weight_ih, weight_hh
-    (, bias_ih, bias_hh, weight_hr)."""
-    _check_ctx(ctx, "lstm_backward", ("lstm",))
-    return _C.backward(ctx, dy, dh_n, dc_n)
-
-
-def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, reset_after=True,
-                lengths=None, reverse=False, training=True):
-    """GRU layer (gates r, z, n). ``reset_after=True`` is PyTorch's/cuDNN's form,
-    ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``; ``False`` is the original form,
-    ``n = tanh(W_in x + b_in + W_hn (r h) + b_hn)``.
-
-    Returns ``(y, h_n, ctx)``: y (T, B, H), h_n (B, H)."""
-    kind = _C.KIND_GRU if reset_after else _C.KIND_GRU_V1
-    y, h_n, _, ctx = _C.forward(kind, x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                                reverse, training)
-    return y, h_n, ctx
-
-
-def gru_backward(ctx, dy=None, dh_n=None):
-    """Gradients of :func:`gru_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
-    _check_ctx(ctx, "gru_backward", ("gru", "gru_v1"))
-    return _C.backward(ctx, dy, dh_n, None)
-
-
-def _stack_kind(mode, reset_after):
-    kinds = {"rnn_tanh": _C.KIND_RNN_TANH, "rnn_relu": _C.KIND_RNN_RELU, "lstm": _C.KIND_LSTM,
-             "gru": _C.KIND_GRU if reset_after else _C.KIND_GRU_V1}
-    if mode not in kinds:
+def _kind(mode: str, reset_after: bool = True) -> int:
+    if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return kinds[mode]
+    name = "gru_v1" if mode == "gru" and not reset_after else mode
+    return _C.CELLS[name]["kind"]
 
 
-def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None, c0=None,
-                  lengths=None, batch_first=False, dropout=0.0, seed=0, reset_after=True,
-                  training=True, check_inplace=True):
+def _allocator(x: Array) -> Callable[[Tuple[int, ...], str], Array]:
+    """``alloc(shape, dtype_name)`` in the library of ``x``: outputs and the training state
+    are owned by the caller's array library (torch's allocator for torch tensors)."""
+    if isinstance(x, np.ndarray) or not type(x).__module__.startswith("torch"):
+        return lambda shape, dtype: np.empty(shape, dtype)
+    import torch
+
+    device = x.device
+    return lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+
+
+class StackContext:
+    """What :func:`stack_backward` needs from a training :func:`stack_forward`: the call's
+    arguments (references, not copies), its training state ``reserve`` (a uint8 array of the
+    caller's library, laid out by ``_C.state_layout``) and the content stamps of the arrays
+    backward reads. Nothing is kept on the C++ side.
+
+    A caller that keeps the arrays itself (the torch adapter saves them for autograd) takes
+    them with :meth:`saved_arrays`, drops them with :meth:`release_arrays` and hands them back
+    with :meth:`restore_arrays` before backward."""
+
+    __slots__ = ("mode", "kind", "layer", "num_layers", "bidirectional", "reverse", "batch_first",
+                 "dropout", "seed", "lengths", "param_names", "stamps", "x", "h0", "c0",
+                 "params", "reserve", "_layout")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self._layout = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.params[self.param_names[0]].dtype
+
+    def saved_arrays(self) -> tuple:
+        """``(x, h0, c0, reserve, *params)`` in ``param_names`` order (None where absent)."""
+        return (self.x, self.h0, self.c0, self.reserve,
+                *(self.params[n] for n in self.param_names))
+
+    def release_arrays(self) -> None:
+        self.x = self.h0 = self.c0 = self.reserve = self.params = None
+
+    def restore_arrays(self, arrays: Sequence[Array]) -> None:
+        """Takes back what :meth:`saved_arrays` returned (or the same arrays, detached)."""
+        self.x, self.h0, self.c0, self.reserve = arrays[:4]
+        self.params = dict(zip(self.param_names, arrays[4:]))
+
+    def _shape(self) -> Tuple[int, int, int]:
+        T, B = (self.x.shape[1], self.x.shape[0]) if self.batch_first else self.x.shape[:2]
+        w_hh = self.params[self.param_names[1]]
+        return T, B, w_hh.shape[1]
+
+    @property
+    def keep_masks(self) -> list:
+        """Dropout keep-masks after each layer but the last, (T, B, D*R) time-major bools
+        (None where no dropout was applied)."""
+        T, B, R = self._shape()
+        D = 2 if self.bidirectional else 1
+        w_ih = self.params[self.param_names[0]]
+        w_hr = self.params.get("weight_hr_l0")
+        H = w_hr.shape[1] if w_hr is not None else R
+        lay = _C.state_layout(self.kind, T, B, w_ih.shape[1], H,
+                              0 if w_hr is None else w_hr.shape[0], self.num_layers,
+                              self.bidirectional, self.batch_first, self.dropout,
+                              self.dtype.itemsize)
+        n = T * B * D * R
+        out = []
+        for off in lay["keep"]:
+            if off < 0:
+                out.append(None)
+                continue
+            piece = self.reserve[off:off + n]
+            if isinstance(piece, np.ndarray):
+                out.append(piece.view(np.bool_).reshape(T, B, D * R).copy())
+            else:  # a torch tensor
+                import torch
+                out.append(piece.view(torch.bool).reshape(T, B, D * R).clone())
+        return out
+
+    def __repr__(self) -> str:
+        return (f"<fusedrnn StackContext {self.mode} num_layers={self.num_layers} "
+                f"bidirectional={self.bidirectional}>")
+
+
+def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: int = 1,
+                  bidirectional: bool = False, h0: Optional[Array] = None,
+                  c0: Optional[Array] = None, lengths: Optional[Array] = None,
+                  batch_first: bool = False, dropout: float = 0.0, seed: int = 0,
+                  reset_after: bool = True, training: bool = True, check_inplace: bool = True,
+                  reverse: bool = False, _layer: bool = False):
     """A whole multi-layer, optionally bidirectional network in one native call, as
     ``torch.nn.RNN/LSTM/GRU``.
 
@@ -126,28 +160,152 @@ def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None
     LSTM with projection). ``h0``: (L*D, B, R); ``c0``: (L*D, B, H) (LSTM); ``lengths``: (B,) in
     any order. ``dropout``: probability applied to every layer's output but the last when
     ``training``; its masks are a pure function of ``seed`` (same seed, same masks).
+    ``reverse`` (unidirectional only): every layer reads each sequence backwards.
 
     Returns ``(y, h_n, c_n, ctx)``: y (T, B, D*R) (batch-first if asked), h_n (L*D, B, R),
-    c_n (L*D, B, H) or None, ctx (None unless ``training``). ``ctx.keep_masks`` holds the
-    dropout masks (time-major bools). ``ctx`` refers to ``x``, ``h0``, ``c0`` and the parameter
-    arrays: a training forward stamps their contents and :func:`stack_backward` raises
+    c_n (L*D, B, H) or None, ctx (a :class:`StackContext`, None unless ``training``).
+    ``ctx.keep_masks`` holds the dropout masks (time-major bools). A training forward stamps
+    the contents of ``x``, ``h0``, ``c0`` and the parameters and :func:`stack_backward` raises
     ``RuntimeError`` if one was modified in place in between (``check_inplace=False`` skips
     the stamps, for a caller that tracks modifications itself, as the torch adapter does with
     autograd's version counters)."""
+    kind = _kind(mode, reset_after)
     seed = int(seed) & (2**64 - 1)
-    return _C.stack_forward(_stack_kind(mode, reset_after), x, params, num_layers,
-                            bidirectional, h0, c0, lengths, batch_first, float(dropout), seed,
-                            training, bool(check_inplace))
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays keyed by PyTorch's names, got "
+                        f"{type(params).__name__}")
+    y, h_n, c_n, reserve, stamps = _C.stack_forward(
+        kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths, batch_first,
+        float(dropout), seed, training, bool(check_inplace), _allocator(x), _layer)
+    ctx = None
+    if training:
+        if isinstance(reserve, np.ndarray):
+            reserve.flags.writeable = False  # backward's input: changing it would go unnoticed
+        names = [n for n in params if n.startswith(("weight_", "bias_"))]
+        ctx = StackContext(mode=mode, kind=kind, layer=_layer, num_layers=num_layers,
+                           bidirectional=bidirectional, reverse=reverse,
+                           batch_first=batch_first, dropout=float(dropout), seed=seed,
+                           lengths=lengths, param_names=_ordered_names(names), stamps=stamps,
+                           x=x, h0=h0, c0=c0, params=dict(params), reserve=reserve)
+    return y, h_n, c_n, ctx
 
 
-def stack_backward(ctx, dy=None, dh_n=None, dc_n=None, *, grads=None):
+def _ordered_names(names):
+    """PyTorch's flat parameter order: by layer, direction, then w_ih, w_hh, b_ih, b_hh, w_hr."""
+    bases = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+    def key(n):
+        base, _, rest = n.rpartition("_l")
+        layer, _, rev = rest.partition("_")
+        return (int(layer) if layer.isdigit() else 0, rev == "reverse",
+                bases.index(base) if base in bases else len(bases))
+    return sorted(names, key=key)
+
+
+def stack_backward(ctx: StackContext, dy: Optional[Array] = None,
+                   dh_n: Optional[Array] = None, dc_n: Optional[Array] = None, *,
+                   grads: Optional[Dict[str, Array]] = None):
     """BPTT through :func:`stack_forward`. ``dy`` like y, ``dh_n`` like h_n, ``dc_n`` like c_n
     (each None for zero).
 
     Returns ``(dx, dh0, dc0, grads)`` with ``grads`` keyed by PyTorch's parameter names. When a
     ``grads`` dict of C-contiguous arrays is passed, gradients are *added* into it in place
     (accumulation across calls) and that dict is returned."""
-    if not isinstance(ctx, _C.StackContext):
+    if not isinstance(ctx, StackContext):
         raise TypeError("stack_backward: ctx must be the context returned by stack_forward with "
                         f"training=True, got {type(ctx).__name__}")
-    return _C.stack_backward(ctx, dy, dh_n, dc_n, grads)
+    if ctx.reserve is None:
+        raise RuntimeError("stack_backward: this context's arrays were released "
+                           "(release_arrays) and not restored")
+    return _C.stack_backward(ctx.kind, ctx.x, ctx.params, ctx.num_layers, ctx.bidirectional,
+                             ctx.reverse, ctx.h0, ctx.c0, ctx.lengths, ctx.batch_first,
+                             ctx.dropout, ctx.seed, ctx.reserve, ctx.stamps, dy, dh_n, dc_n,
+                             grads, _allocator(ctx.x), ctx.layer)
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer, one direction: a one-layer stack (reverse=True reads the sequences backwards).
+
+_LAYER_NAMES = (("w_ih", "weight_ih_l0"), ("w_hh", "weight_hh_l0"), ("b_ih", "bias_ih_l0"),
+                ("b_hh", "bias_hh_l0"), ("w_hr", "weight_hr_l0"))
+
+
+def _layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse, training,
+                   reset_after=True):
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih and b_hh must be given together or both be None")
+    # w_ih and w_hh always (None is reported as a wrong type), the rest when given
+    given = dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
+    params = {name: given[short] for short, name in _LAYER_NAMES
+              if given[short] is not None or short in ("w_ih", "w_hh")}
+    return stack_forward(mode, x, params, h0=h0, c0=c0, lengths=lengths,
+                         reset_after=reset_after, training=training, reverse=reverse,
+                         _layer=True)
+
+
+def _layer_backward(ctx, fn, modes, dy, dh_n, dc_n):
+    if not isinstance(ctx, StackContext) or not ctx.layer:
+        raise TypeError(f"{fn}: ctx must be the context returned by a forward call with "
+                        f"training=True, got {type(ctx).__name__}")
+    if ctx.mode not in modes:
+        raise ValueError(f"{fn}: ctx comes from a {ctx.mode!r} forward, expected one of {modes}")
+    dx, dh0, dc0, g = stack_backward(ctx, dy, dh_n, dc_n)
+    out = {"x": dx, "h0": dh0}
+    if dc0 is not None:
+        out["c0"] = dc0
+    for short, name in _LAYER_NAMES:
+        if name in g:
+            out[name[:-3]] = g[name]
+    return out
+
+
+_RNN_MODES = {"tanh": "rnn_tanh", "relu": "rnn_relu"}
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                lengths=None, reverse=False, training=True):
+    """Vanilla RNN layer, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
+
+    Returns ``(y, h_n, ctx)``: y (T, B, H), h_n (B, H)."""
+    if nonlinearity not in _RNN_MODES:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    y, h_n, _, ctx = _layer_forward(_RNN_MODES[nonlinearity], x, w_ih, w_hh, b_ih, b_hh, h0,
+                                    None, None, lengths, reverse, training)
+    return y, h_n, ctx
+
+
+def rnn_backward(ctx, dy=None, dh_n=None):
+    """Gradients of :func:`rnn_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
+    return _layer_backward(ctx, "rnn_backward", ("rnn_tanh", "rnn_relu"), dy, dh_n, None)
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
+                 lengths=None, reverse=False, training=True):
+    """LSTM layer (gates i, f, g, o), optionally with projection ``h = W_hr (o tanh(c))``.
+
+    Returns ``(y, h_n, c_n, ctx)``: y (T, B, R), h_n (B, R), c_n (B, H)."""
+    return _layer_forward("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse,
+                          training)
+
+
+def lstm_backward(ctx, dy=None, dh_n=None, dc_n=None):
+    """Gradients of :func:`lstm_forward`: dict with x, h0, c0, weight_ih, weight_hh
+    (, bias_ih, bias_hh, weight_hr)."""
+    return _layer_backward(ctx, "lstm_backward", ("lstm",), dy, dh_n, dc_n)
+
+
+def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, reset_after=True,
+                lengths=None, reverse=False, training=True):
+    """GRU layer (gates r, z, n). ``reset_after=True`` is PyTorch's/cuDNN's form,
+    ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``; ``False`` is the original form,
+    ``n = tanh(W_in x + b_in + W_hn (r h) + b_hn)``.
+
+    Returns ``(y, h_n, ctx)``: y (T, B, H), h_n (B, H)."""
+    y, h_n, _, ctx = _layer_forward("gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
+                                    reverse, training, reset_after=reset_after)
+    return y, h_n, ctx
+
+
+def gru_backward(ctx, dy=None, dh_n=None):
+    """Gradients of :func:`gru_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
+    return _layer_backward(ctx, "gru_backward", ("gru",), dy, dh_n, None)

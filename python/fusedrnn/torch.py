@@ -25,8 +25,10 @@ batch order). ``GRU``/``GRUCell`` take one extra keyword, ``reset_after=True`` (
 
 Each forward is one native call for the whole stack (all layers and directions) through a
 ``torch.autograd.Function``; its backward is one native BPTT call that returns the gradients of
-the input, ``h_0``, ``c_0`` and every parameter. CPU tensors cross to the kernels without copies
-(contiguous tensors are viewed as NumPy arrays; outputs are wrapped with ``torch.from_numpy``).
+the input, ``h_0``, ``c_0`` and every parameter. Tensors cross to the kernels through DLPack
+without copies (a non-contiguous one is copied once); the outputs, the gradients and the training
+state kept between forward and backward are allocated by torch's allocator, and that state is
+saved in the autograd context like any tensor (freed with the graph after backward).
 
 Differences from PyTorch, all deliberate:
 
@@ -47,8 +49,6 @@ Differences from PyTorch, all deliberate:
   ``RuntimeError`` rather than silently treating the gradient as a constant.
 * ``torch.compile`` runs the native call eagerly (a graph break around it); TorchScript
   (``torch.jit.script``) is not supported.
-* The native context kept for backward lives as long as the autograd graph (as long as an
-  output tensor of the forward is alive), not only until ``backward`` has run.
 * Modifying an input or a parameter in place between forward and backward raises PyTorch's
   usual "modified by an inplace operation" error (they are saved for backward).
 
@@ -94,16 +94,9 @@ _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 # tensors <-> arrays
 
 
-def _as_array(t):
-    """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
-    t = t.detach()
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.numpy()
-
-
-def _as_array_or_none(t):
-    return None if t is None else _as_array(t)
+def _detached(t):
+    """The tensor as the kernels take it (DLPack refuses tensors that require grad)."""
+    return None if t is None else t.detach()
 
 
 def _describe(obj):
@@ -150,10 +143,12 @@ class _Config:
 
 
 def _native_forward(cfg, x, h0, c0, weights, training):
-    params = {n: _as_array(w) for n, w in zip(cfg.names, weights)}
-    return _F.stack_forward(cfg.mode, _as_array(x), params, num_layers=cfg.num_layers,
-                            bidirectional=cfg.bidirectional, h0=_as_array_or_none(h0),
-                            c0=_as_array_or_none(c0), lengths=cfg.lengths,
+    """One native stack call on tensors: outputs (and, training, the reserve in the returned
+    context) are torch tensors from torch's allocator."""
+    params = {n: w.detach() for n, w in zip(cfg.names, weights)}
+    return _F.stack_forward(cfg.mode, x.detach(), params, num_layers=cfg.num_layers,
+                            bidirectional=cfg.bidirectional, h0=_detached(h0),
+                            c0=_detached(c0), lengths=cfg.lengths,
                             batch_first=cfg.batch_first, dropout=cfg.dropout, seed=cfg.seed,
                             reset_after=cfg.reset_after, training=training,
                             # in-place changes are caught by autograd's version counters
@@ -161,9 +156,8 @@ def _native_forward(cfg, x, h0, c0, weights, training):
                             check_inplace=False)
 
 
-def _wrap_outputs(y, h_n, c_n):
-    out = (torch.from_numpy(y), torch.from_numpy(h_n))
-    return out if c_n is None else out + (torch.from_numpy(c_n),)
+def _outputs(y, h_n, c_n):
+    return (y, h_n) if c_n is None else (y, h_n, c_n)
 
 
 _NO_DOUBLE_BACKWARD = (
@@ -194,19 +188,27 @@ class _StackFunction(torch.autograd.Function):
     def forward(ctx, cfg, x, h0, c0, *weights):
         y, h_n, c_n, nctx = _native_forward(cfg, x, h0, c0, weights, training=True)
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: the kernel's zeros
+        # The training state is a tensor saved like the inputs (autograd frees it with the
+        # graph and checks the inputs' version counters for in-place changes); the native
+        # context keeps only the call's configuration in between.
+        ctx.save_for_backward(x, h0, c0, nctx.reserve, *weights)
+        nctx.release_arrays()
         ctx.nctx = nctx
         ctx.names = cfg.names
-        ctx.save_for_backward(x, h0, c0, *weights)  # for autograd's in-place modification check
-        return _wrap_outputs(y, h_n, c_n)
+        return _outputs(y, h_n, c_n)
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         saved = ctx.saved_tensors  # raises if an input or a weight was modified in place
-        dx, dh0, dc0, grads = _F.stack_backward(ctx.nctx, _as_array_or_none(dy),
-                                                _as_array_or_none(dh_n),
-                                                _as_array_or_none(dc_n))
+        nctx = ctx.nctx
+        nctx.restore_arrays([_detached(t) for t in saved])
+        try:
+            dx, dh0, dc0, grads = _F.stack_backward(nctx, _detached(dy), _detached(dh_n),
+                                                    _detached(dc_n))
+        finally:
+            nctx.release_arrays()
         need = ctx.needs_input_grad
-        wrap = lambda a, i: torch.from_numpy(a) if need[i] and a is not None else None
+        wrap = lambda a, i: a if need[i] and a is not None else None
         out = [None, wrap(dx, 1), wrap(dh0, 2), wrap(dc0, 3)]
         out += [wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)]
         if torch.is_grad_enabled():
@@ -238,7 +240,7 @@ def _run_stack(cfg, x, h0, c0, weights, dropout_active):
     else:
         # dropout needs the kernel's training mode even when no gradient is wanted (as in
         # torch.nn.LSTM under torch.no_grad() in train mode)
-        out = _wrap_outputs(*_native_forward(cfg, x, h0, c0, weights,
+        out = _outputs(*_native_forward(cfg, x, h0, c0, weights,
                                              training=dropout_active)[:3])
     return out if len(out) == 3 else (out[0], out[1], None)
 

@@ -34,6 +34,7 @@ struct LayerShape {
   const T* w_hr = nullptr;    // (P, H) or null
   const int64_t* lengths = nullptr;  // (B), each in [1, T]; null: all T
   bool reverse = false;
+  void* stream = nullptr;  // the backend's stream (CUDA: cudaStream_t); unused on the CPU
 };
 
 template <class T>

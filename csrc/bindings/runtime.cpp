@@ -1,0 +1,94 @@
+// Runtime and build facts: threads, workspaces, config(), and the package's GEMM door.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <climits>
+#include <string>
+
+#include "bindings/arrays.h"
+#include "cpu/gemm.h"
+#include "fusedrnn/api.h"
+#include "fusedrnn/build_config.h"
+#include "fusedrnn/check.h"
+
+namespace fusedrnn {
+namespace bind {
+
+namespace {
+
+// C = alpha op(A) op(B) + beta C on 2-D arrays, through the package's BLAS door (cpu/gemm.h):
+// fusedrnn.nn uses it so a model's heads run on the same threads as its RNNs (NumPy's own BLAS
+// pool, left spinning after a matmul, was measured to halve the speed of the next RNN call).
+template <class T>
+void gemm_typed(const Arg& a, const Arg& b, const Arg& c, bool ta, bool tb, double alpha,
+                double beta) {
+  const ArrayView &av = a.view, &bv = b.view, &cv = c.view;
+  const int64_t M = cv.shape[0], N = cv.shape[1], K = ta ? av.shape[0] : av.shape[1];
+  FUSEDRNN_CHECK((ta ? av.shape[1] : av.shape[0]) == M && (tb ? bv.shape[0] : bv.shape[1]) == N &&
+                     (tb ? bv.shape[1] : bv.shape[0]) == K,
+                 "gemm: shapes do not match: op(a) ", av.shape_str(), ta ? "^T" : "", ", op(b) ",
+                 bv.shape_str(), tb ? "^T" : "", ", c ", cv.shape_str());
+  FUSEDRNN_CHECK(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX, "gemm: sizes must be < 2^31");
+  const T* A = a.ptr<const T>();
+  const T* B = b.ptr<const T>();
+  T* C = c.ptr<T>();
+  const int64_t lda = av.shape[1], ldb = bv.shape[1];
+  py::gil_scoped_release nogil;
+  gemm_par<T>(ta, tb, M, N, K, T(alpha), A, lda, B, ldb, T(beta), C, N);
+}
+
+void gemm(py::handle a_, py::handle b_, py::handle c_, bool trans_a, bool trans_b, double alpha,
+          double beta) {
+  FUSEDRNN_CHECK_TYPE(py::isinstance<py::array>(c_), "c must be a numpy.ndarray, got ",
+                      type_name(c_));
+  Arg c = array_arg(c_, "c");
+  const DType dt = first_float(c, "c");
+  FUSEDRNN_CHECK(!c.copied && c.view.writeable,
+                 "c must be a writeable, aligned, C-contiguous array");
+  Arg a = array_arg(a_, "a");
+  Arg b = array_arg(b_, "b");
+  check_dtype(a, "a", dt, " (the dtype of c)");
+  check_dtype(b, "b", dt, " (the dtype of c)");
+  check_same_device(a, "a", c.view.device);
+  check_same_device(b, "b", c.view.device);
+  FUSEDRNN_CHECK(a.view.ndim == 2 && b.view.ndim == 2 && c.view.ndim == 2,
+                 "gemm: a, b, c must be 2-D");
+  if (dt == DType::Float32) gemm_typed<float>(a, b, c, trans_a, trans_b, alpha, beta);
+  else gemm_typed<double>(a, b, c, trans_a, trans_b, alpha, beta);
+}
+
+py::dict config() {
+  py::dict d;
+  d["version"] = FUSEDRNN_VERSION;
+  d["compiler"] = FUSEDRNN_CXX_COMPILER;
+  d["blas"] = blas_name();
+  d["blas_config"] = blas_config();
+  d["blas_core"] = blas_core();
+  d["openmp"] = std::to_string(_OPENMP);
+  d["num_threads"] = get_num_threads();
+  d["cuda"] = bool(FUSEDRNN_WITH_CUDA);
+  d["cuda_architectures"] = FUSEDRNN_CUDA_ARCHITECTURES_STR;
+  d["simd_compiled"] = simd_compiled();
+  d["simd_cpu"] = simd_cpu();
+  d["simd_path"] = simd_path();
+  return d;
+}
+
+}  // namespace
+
+void register_runtime(py::module_& m) {
+  get_num_threads();  // reads OMP_NUM_THREADS once and makes the BLAS single-threaded
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("release_workspaces", &workspace_trim,
+        "Frees the workspace buffers kept between calls (up to 8 buffers, 512 MiB).");
+  m.def("config", &config);
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
+        "c = alpha op(a) op(b) + beta c in place, on fusedrnn's threads and BLAS.");
+  m.attr("MAX_THREADS") = kMaxThreads;
+}
+
+}  // namespace bind
+}  // namespace fusedrnn

@@ -1,0 +1,492 @@
+// The stack entry point: validate the arrays, allocate outputs and the training state with the
+// caller's allocator, stamp what backward will read, release the GIL, call fusedrnn/stack.h.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings/arrays.h"
+#include "core/registry.h"
+#include "fusedrnn/api.h"
+#include "fusedrnn/check.h"
+#include "fusedrnn/stack.h"
+
+namespace fusedrnn {
+namespace bind {
+
+namespace {
+
+const char* const kParamBases[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+
+std::string param_name(const char* base, int64_t l, int64_t d) {
+  return concat(base, "_l", l, d ? "_reverse" : "");
+}
+
+// A validated call: its configuration and every array, checked against it.
+struct StackCall {
+  StackConfig cfg;
+  // A one-layer call of the single-layer API (functional.lstm_forward ...): its arguments are
+  // named w_ih, w_hh, b_ih, b_hh, w_hr in messages, and states are (B, .) rather than
+  // (1, B, .) (the same memory).
+  bool layer = false;
+  DType dtype = DType::Float32;
+  bool has_bias = false;
+  Arg x;
+  std::optional<Arg> h0, c0;
+  std::optional<py::array> lengths;     // int64, host
+  std::vector<Arg> weights;             // per (l, d): w_ih, w_hh, [b_ih, b_hh], [w_hr]
+  std::vector<std::string> names;
+  int64_t R() const { return cfg.recurrent(); }
+  int64_t LD() const { return cfg.layers * cfg.dirs; }
+  std::vector<int64_t> state_shape(int64_t width) const {
+    return layer ? std::vector<int64_t>{cfg.batch, width}
+                 : std::vector<int64_t>{LD(), cfg.batch, width};
+  }
+  std::vector<int64_t> seq_shape(int64_t features) const {
+    return cfg.batch_first ? std::vector<int64_t>{cfg.batch, cfg.steps, features}
+                           : std::vector<int64_t>{cfg.steps, cfg.batch, features};
+  }
+};
+
+// lengths: None, or B integers in [1, T] (any integer dtype, a list, a CPU tensor); int64.
+std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
+  if (obj.is_none()) return std::nullopt;
+  py::array l = py::array::ensure(obj);
+  // An empty list (an empty batch's lengths) arrives as float64: no values, nothing to cast.
+  FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u' ||
+                            (l.size() == 0 && l.dtype().kind() == 'f')),
+                      "lengths must be an integer array, got ",
+                      l ? py::str(l.dtype()).cast<std::string>() : type_name(obj));
+  FUSEDRNN_CHECK(l.ndim() == 1 && l.shape(0) == B, "lengths must have shape (batch,) = (", B,
+                 ",), got ", array_arg(l, "lengths").view.shape_str());
+  constexpr int kFlags = py::array::c_style | py::array::forcecast;
+  // Checked in the signedness given, so that 2^63 + k is not reported as negative.
+  auto check = [&](auto typed) {
+    auto acc = typed.template unchecked<1>();
+    for (int64_t b = 0; b < B; ++b)
+      FUSEDRNN_CHECK(acc(b) >= 1 && uint64_t(acc(b)) <= uint64_t(T),
+                     "lengths must lie in [1, T] = [1, ", T, "], got lengths[", b, "] = ", acc(b));
+  };
+  if (l.dtype().kind() == 'u') check(py::array_t<uint64_t, kFlags>::ensure(l));
+  auto l64 = py::array_t<int64_t, kFlags>::ensure(l);
+  if (l.dtype().kind() != 'u') check(l64);
+  return l64;
+}
+
+// How the single-layer API names a parameter.
+std::string layer_name(const std::string& name) {
+  const char* const shorts[] = {"w_ih", "w_hh", "b_ih", "b_hh", "w_hr"};
+  for (int i = 0; i < 5; ++i)
+    if (name == param_name(kParamBases[i], 0, 0)) return shorts[i];
+  return name;
+}
+
+StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_layers,
+                   bool bidirectional, bool reverse, py::handle h0_, py::handle c0_,
+                   py::handle lengths_, bool batch_first, double dropout, uint64_t seed,
+                   bool training, bool layer) {
+  FUSEDRNN_CHECK(valid_cell_kind(kind_int), "unknown cell kind ", kind_int);
+  FUSEDRNN_CHECK(!layer || (num_layers == 1 && !bidirectional && !batch_first),
+                 "a single-layer call is one layer, one direction, time-major");
+  StackCall a;
+  a.layer = layer;
+  auto shown = [&](const std::string& name) { return layer ? layer_name(name) : name; };
+  StackConfig& cfg = a.cfg;
+  cfg.kind = static_cast<CellKind>(kind_int);
+  const CellInfo cell = cell_info(cfg.kind);
+  const bool lstm = cell.cell_state;
+  const int64_t G = cell.gates;
+  FUSEDRNN_CHECK(num_layers >= 1, "num_layers must be >= 1, got ", num_layers);
+  FUSEDRNN_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ", dropout);
+  FUSEDRNN_CHECK(!(reverse && bidirectional), "reverse applies to a unidirectional stack only");
+  cfg.layers = num_layers;
+  cfg.dirs = bidirectional ? 2 : 1;
+  cfg.reverse = reverse;
+  cfg.batch_first = batch_first;
+  cfg.dropout = dropout;
+  cfg.seed = seed;
+  cfg.training = training;
+
+  a.x = array_arg(x_, "x");
+  a.dtype = first_float(a.x, "x");
+  const ArrayView& xv = a.x.view;
+  FUSEDRNN_CHECK(xv.ndim == 3, "x must be 3-D with shape ",
+                 layer ? "(T, B, input_size)"
+                 : batch_first ? "(batch, T, input_size)" : "(T, batch, input_size)",
+                 ", got shape ", xv.shape_str());
+  cfg.steps = xv.shape[batch_first ? 1 : 0];
+  cfg.batch = xv.shape[batch_first ? 0 : 1];
+  cfg.input = xv.shape[2];
+  FUSEDRNN_CHECK(cfg.steps >= 1 && cfg.input >= 1,
+                 layer ? "x must have shape (T, B, input_size) with T >= 1, B >= 0 and "
+                         "input_size >= 1, got "
+                       : "x must have at least one time step and input_size >= 1 (batch may be "
+                         "0), got shape ",
+                 xv.shape_str());
+  const Device dev = xv.device;
+
+  auto get = [&](const std::string& name) -> std::optional<Arg> {
+    if (!params.contains(name)) return std::nullopt;
+    Arg w = array_arg(params[name.c_str()], shown(name));
+    check_dtype(w, shown(name), a.dtype, " (the dtype of x)");
+    check_same_device(w, shown(name), dev);
+    return w;
+  };
+  auto w0 = get("weight_ih_l0");
+  FUSEDRNN_CHECK(w0.has_value(), "params is missing 'weight_ih_l0'");
+  FUSEDRNN_CHECK(w0->view.ndim == 2 && w0->view.shape[0] >= G && w0->view.shape[0] % G == 0,
+                 shown("weight_ih_l0"), " must be 2-D with shape (", G,
+                 "*hidden_size, input_size) for ", cell.name, ", got ", w0->view.shape_str());
+  cfg.hidden = w0->view.shape[0] / G;
+  a.has_bias = params.contains("bias_ih_l0") || params.contains("bias_hh_l0");
+  if (params.contains("weight_hr_l0")) {
+    FUSEDRNN_CHECK(lstm, shown("weight_hr_l0"), " (projection) is only defined for the LSTM");
+    auto whr = get("weight_hr_l0");
+    FUSEDRNN_CHECK(whr->view.ndim == 2 && whr->view.shape[0] >= 1, shown("weight_hr_l0"),
+                   " must be 2-D with shape (proj_size, hidden_size), got ",
+                   whr->view.shape_str());
+    cfg.proj = whr->view.shape[0];
+  }
+  const int64_t H = cfg.hidden, R = cfg.recurrent(), GH = G * H;
+  for (int64_t l = 0; l < cfg.layers; ++l) {
+    for (int64_t d = 0; d < cfg.dirs; ++d) {
+      for (int i = 0; i < 5; ++i) {
+        if ((i == 2 || i == 3) && !a.has_bias) continue;
+        if (i == 4 && cfg.proj == 0) continue;
+        const std::string name = param_name(kParamBases[i], l, d);
+        auto arr = get(name);
+        FUSEDRNN_CHECK(arr.has_value(), "params is missing '", name, "'");
+        const int64_t in = cfg.layer_input(l);
+        const std::string label = shown(name);
+        switch (i) {
+          case 0: check_shape(*arr, label, {GH, in}, l > 0 ? "(G*hidden_size, num_directions*output_size)" : layer ? "(G*hidden_size, input_size) with input_size = x.shape[2]" : "(G*hidden_size, input_size)"); break;
+          case 1: check_shape(*arr, label, {GH, R}, cfg.proj ? "(G*hidden_size, proj_size)" : "(G*hidden_size, hidden_size)"); break;
+          case 2:
+          case 3: check_shape(*arr, label, {GH}, "(G*hidden_size,)"); break;
+          case 4: check_shape(*arr, label, {cfg.proj, H}, "(proj_size, hidden_size)"); break;
+        }
+        a.weights.push_back(std::move(*arr));
+        a.names.push_back(name);
+      }
+    }
+  }
+  if (size_t(py::len(params)) != a.names.size()) {
+    for (auto item : params) {
+      const std::string key = py::str(item.first).cast<std::string>();
+      bool known = false;
+      for (auto& n : a.names) known = known || n == key;
+      FUSEDRNN_CHECK(known, "params has an unexpected key '", key, "' for a ", cfg.layers,
+                     "-layer", cfg.dirs == 2 ? " bidirectional " : " ", cell.name,
+                     a.has_bias ? " with" : " without", " bias",
+                     cfg.proj ? " and projection" : "");
+    }
+  }
+  const int64_t LD = a.LD();
+  a.h0 = optional_array_arg(h0_, "h0");
+  if (a.h0) {
+    check_dtype(*a.h0, "h0", a.dtype, " (the dtype of x)");
+    check_same_device(*a.h0, "h0", dev);
+    check_shape(*a.h0, "h0", a.state_shape(R),
+                layer ? (cfg.proj ? "(batch, proj_size)" : "(batch, hidden_size)")
+                      : "(num_layers*num_directions, batch, output_size)");
+  }
+  a.c0 = optional_array_arg(c0_, "c0");
+  FUSEDRNN_CHECK(!a.c0 || lstm, "c0 is only defined for the LSTM");
+  if (a.c0) {
+    check_dtype(*a.c0, "c0", a.dtype, " (the dtype of x)");
+    check_same_device(*a.c0, "c0", dev);
+    check_shape(*a.c0, "c0", a.state_shape(H),
+                layer ? "(batch, hidden_size)" : "(num_layers*num_directions, batch, hidden_size)");
+  }
+  a.lengths = lengths_arg(lengths_, cfg.batch, cfg.steps);
+  // The BLAS takes 32-bit sizes.
+  FUSEDRNN_CHECK(cfg.steps * cfg.batch <= INT_MAX && GH <= INT_MAX,
+                 "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
+  return a;
+}
+
+template <class T>
+std::vector<StackWeights<T>> weight_ptrs(const StackCall& a) {
+  std::vector<StackWeights<T>> out(static_cast<size_t>(a.LD()));
+  size_t i = 0;
+  for (auto& lw : out) {
+    lw.w_ih = a.weights[i++].ptr<const T>();
+    lw.w_hh = a.weights[i++].ptr<const T>();
+    if (a.has_bias) {
+      lw.b_ih = a.weights[i++].ptr<const T>();
+      lw.b_hh = a.weights[i++].ptr<const T>();
+    }
+    if (a.cfg.proj > 0) lw.w_hr = a.weights[i++].ptr<const T>();
+  }
+  return out;
+}
+
+template <class T>
+const T* cptr(const std::optional<Arg>& a) {
+  return a ? a->ptr<const T>() : nullptr;
+}
+template <class T>
+T* ptr(const std::optional<Arg>& a) {
+  return a ? a->ptr<T>() : nullptr;
+}
+py::object object_or_none(const std::optional<Arg>& a) {
+  return a ? a->object : py::none();
+}
+const int64_t* lengths_ptr(const StackCall& a) {
+  return a.lengths ? static_cast<const int64_t*>(a.lengths->data()) : nullptr;
+}
+
+// Content stamps (fusedrnn::content_stamps) of what backward reads besides the reserve: a
+// training forward stamps them, backward checks them, so an in-place change in between (an
+// optimizer step, load_state_dict, a reused input buffer) raises instead of mixing old
+// activations with new values.
+struct Stamped {
+  std::vector<std::string> names;
+  std::vector<const void*> data;
+  std::vector<size_t> bytes;
+  explicit Stamped(const StackCall& a) {
+    add("x", a.x);
+    for (size_t i = 0; i < a.weights.size(); ++i)
+      add(a.layer ? layer_name(a.names[i]) : a.names[i], a.weights[i]);
+    if (a.h0) add("h0", *a.h0);
+    if (a.c0) add("c0", *a.c0);
+  }
+  void add(const std::string& name, const Arg& arg) {
+    names.push_back(name);
+    data.push_back(arg.view.data);
+    bytes.push_back(arg.view.nbytes());
+  }
+  void compute(uint64_t* out) const {  // without the GIL
+    content_stamps(data.size(), data.data(), bytes.data(), out);
+  }
+};
+
+template <class T>
+py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
+  const StackConfig& cfg = a.cfg;
+  const int64_t LD = a.LD(), R = a.R();
+  Arg y = allocate(alloc, a.seq_shape(cfg.dirs * R), a.dtype);
+  Arg h_n = allocate(alloc, a.state_shape(R), a.dtype);
+  std::optional<Arg> c_n;
+  if (cell_info(cfg.kind).cell_state) c_n = allocate(alloc, a.state_shape(cfg.hidden), a.dtype);
+  std::optional<Arg> reserve;
+  const StateLayout layout = stack_state_layout(cfg, sizeof(T));
+  if (cfg.training) reserve = allocate(alloc, {int64_t(layout.bytes)}, DType::UInt8);
+  std::optional<Stamped> stamped;
+  std::optional<py::array_t<uint64_t>> stamps;
+  if (cfg.training && check_inplace) {
+    stamped.emplace(a);
+    stamps = py::array_t<uint64_t>(py::ssize_t(stamped->data.size()));
+  }
+  auto w = weight_ptrs<T>(a);
+  uint64_t* stamp_out = stamps ? stamps->mutable_data() : nullptr;
+  {
+    py::gil_scoped_release nogil;
+    if (stamped) stamped->compute(stamp_out);
+    stack_forward<T>(cfg, w.data(), lengths_ptr(a), a.x.ptr<const T>(), cptr<T>(a.h0),
+                     cptr<T>(a.c0), y.ptr<T>(), h_n.ptr<T>(), ptr<T>(c_n),
+                     reserve ? reserve->view.data : nullptr);
+  }
+  return py::make_tuple(y.object, h_n.object, object_or_none(c_n), object_or_none(reserve),
+                        stamps ? py::object(*stamps) : py::object(py::none()));
+}
+
+py::tuple py_stack_forward(int kind, py::handle x, py::dict params, int64_t num_layers,
+                           bool bidirectional, bool reverse, py::handle h0, py::handle c0,
+                           py::handle lengths, bool batch_first, double dropout, uint64_t seed,
+                           bool training, bool check_inplace, py::handle alloc, bool layer) {
+  StackCall a = validate(kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
+                         batch_first, dropout, seed, training, layer);
+  if (a.dtype == DType::Float32) return forward_typed<float>(a, check_inplace, alloc);
+  return forward_typed<double>(a, check_inplace, alloc);
+}
+
+template <class T>
+py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::array> stamps,
+                         const std::optional<Arg>& dy, const std::optional<Arg>& dh_n,
+                         const std::optional<Arg>& dc_n, py::object grads_in, py::handle alloc) {
+  const StackConfig& cfg = a.cfg;
+  const int64_t LD = a.LD(), R = a.R();
+  Arg dx = allocate(alloc, a.seq_shape(cfg.input), a.dtype);
+  Arg dh0 = allocate(alloc, a.state_shape(R), a.dtype);
+  std::optional<Arg> dc0;
+  if (cell_info(cfg.kind).cell_state) dc0 = allocate(alloc, a.state_shape(cfg.hidden), a.dtype);
+  const bool accumulate = !grads_in.is_none();
+  py::dict grads;
+  std::vector<Arg> gargs;
+  if (accumulate) {
+    FUSEDRNN_CHECK_TYPE(py::isinstance<py::dict>(grads_in), "grads must be a dict, got ",
+                        type_name(grads_in));
+    grads = grads_in;
+  }
+  for (size_t i = 0; i < a.names.size(); ++i) {
+    const std::string& name = a.names[i];
+    const ArrayView& wv = a.weights[i].view;
+    std::vector<int64_t> shape(wv.shape, wv.shape + wv.ndim);
+    if (accumulate) {
+      FUSEDRNN_CHECK(grads.contains(name), "grads is missing '", name, "'");
+      const std::string label = "grads['" + name + "']";
+      Arg g = array_arg(grads[name.c_str()], label);
+      check_dtype(g, label, a.dtype, " (the dtype of x)");
+      check_same_device(g, label, a.x.view.device);
+      check_shape(g, label, shape, "like the parameter");
+      check_writeable(g, label);
+      gargs.push_back(std::move(g));
+    } else {
+      gargs.push_back(allocate(alloc, shape, a.dtype));
+      grads[name.c_str()] = gargs.back().object;
+    }
+  }
+  std::vector<StackGrads<T>> g(static_cast<size_t>(LD));
+  size_t i = 0;
+  for (auto& lg : g) {
+    lg.w_ih = gargs[i++].ptr<T>();
+    lg.w_hh = gargs[i++].ptr<T>();
+    if (a.has_bias) {
+      lg.b_ih = gargs[i++].ptr<T>();
+      lg.b_hh = gargs[i++].ptr<T>();
+    }
+    if (cfg.proj > 0) lg.w_hr = gargs[i++].ptr<T>();
+  }
+  auto w = weight_ptrs<T>(a);
+  std::optional<Stamped> stamped;
+  std::vector<uint64_t> before, now;
+  if (stamps) {
+    stamped.emplace(a);
+    FUSEDRNN_CHECK(stamps->ndim() == 1 && size_t(stamps->shape(0)) == stamped->data.size(),
+                   "stamps do not match this call's arrays: pass the context's own");
+    auto acc = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(*stamps);
+    before.assign(acc.data(), acc.data() + acc.size());
+    now.resize(before.size());
+  }
+  {
+    py::gil_scoped_release nogil;
+    if (stamped) {
+      stamped->compute(now.data());
+      for (size_t k = 0; k < now.size(); ++k)
+        if (now[k] != before[k])
+          throw std::runtime_error(concat(
+              "stack_backward: '", stamped->names[k], "' was modified (by an inplace "
+              "operation) after the training forward call; backward would combine that call's "
+              "saved activations with the new values. Run the forward again after changing an "
+              "input or a parameter."));
+    }
+    stack_backward<T>(cfg, w.data(), lengths_ptr(a), a.x.ptr<const T>(), reserve.view.data,
+                      cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n), dx.ptr<T>(), dh0.ptr<T>(),
+                      ptr<T>(dc0), g.data(), accumulate);
+  }
+  return py::make_tuple(dx.object, dh0.object, object_or_none(dc0), grads);
+}
+
+py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num_layers,
+                            bool bidirectional, bool reverse, py::handle h0, py::handle c0,
+                            py::handle lengths, bool batch_first, double dropout, uint64_t seed,
+                            py::handle reserve_, py::handle stamps_, py::handle dy_,
+                            py::handle dh_n_, py::handle dc_n_, py::object grads,
+                            py::handle alloc, bool layer) {
+  StackCall a = validate(kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
+                         batch_first, dropout, seed, /*training=*/true, layer);
+  const StackConfig& cfg = a.cfg;
+  const Device dev = a.x.view.device;
+  const int64_t LD = a.LD(), R = a.R();
+  const size_t elem = a.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
+  Arg reserve = array_arg(reserve_, "reserve");
+  check_dtype(reserve, "reserve", DType::UInt8, " (the training state of the forward call)");
+  check_same_device(reserve, "reserve", dev);
+  check_shape(reserve, "reserve", {int64_t(stack_state_layout(cfg, elem).bytes)},
+              "(state bytes of this call,)");
+  FUSEDRNN_CHECK(reinterpret_cast<uintptr_t>(reserve.view.data) % elem == 0,
+                 "reserve must be aligned to ", elem, " bytes");
+  std::optional<py::array> stamps;
+  if (!stamps_.is_none()) stamps = py::array::ensure(stamps_);
+  auto opt = [&](py::handle obj, const char* name, std::vector<int64_t> shape,
+                 const char* meaning) -> std::optional<Arg> {
+    std::optional<Arg> v = optional_array_arg(obj, name);
+    if (v) {
+      check_dtype(*v, name, a.dtype, " (the dtype of x)");
+      check_same_device(*v, name, dev);
+      check_shape(*v, name, shape, meaning);
+    }
+    return v;
+  };
+  auto dy = opt(dy_, "dy", a.seq_shape(cfg.dirs * R),
+                layer ? "(T, batch, output_size) like y" : "like y");
+  auto dh_n = opt(dh_n_, "dh_n", a.state_shape(R),
+                  layer ? "(batch, output_size) like h_n" : "like h_n");
+  FUSEDRNN_CHECK(dc_n_.is_none() || cell_info(cfg.kind).cell_state,
+                 "dc_n is only defined for the LSTM");
+  auto dc_n = opt(dc_n_, "dc_n", a.state_shape(cfg.hidden),
+                  layer ? "(batch, hidden_size) like c_n" : "like c_n");
+  if (a.dtype == DType::Float32)
+    return backward_typed<float>(a, reserve, stamps, dy, dh_n, dc_n, grads, alloc);
+  return backward_typed<double>(a, reserve, stamps, dy, dh_n, dc_n, grads, alloc);
+}
+
+// Where each piece of the training state lies in the reserve (byte offsets; -1: absent).
+py::dict py_state_layout(int kind, int64_t steps, int64_t batch, int64_t input, int64_t hidden,
+                         int64_t proj, int64_t num_layers, bool bidirectional, bool batch_first,
+                         double dropout, int64_t itemsize) {
+  FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
+  FUSEDRNN_CHECK(itemsize == 4 || itemsize == 8, "itemsize must be 4 or 8");
+  StackConfig cfg;
+  cfg.kind = static_cast<CellKind>(kind);
+  cfg.steps = steps, cfg.batch = batch, cfg.input = input, cfg.hidden = hidden, cfg.proj = proj;
+  cfg.layers = num_layers, cfg.dirs = bidirectional ? 2 : 1, cfg.batch_first = batch_first;
+  cfg.dropout = dropout, cfg.training = true;
+  const StateLayout lay = stack_state_layout(cfg, size_t(itemsize));
+  auto offsets = [](const std::vector<size_t>& v) {
+    py::list out;
+    for (size_t o : v) out.append(o == StateLayout::kNone ? py::int_(-1) : py::int_(o));
+    return out;
+  };
+  py::dict d;
+  d["bytes"] = lay.bytes;
+  d["saved"] = offsets(lay.saved);
+  d["h_prev"] = offsets(lay.h_prev);
+  d["proj_in"] = offsets(lay.proj_in);
+  d["layer_out"] = offsets(lay.layer_out);
+  d["keep"] = offsets(lay.keep);
+  d["x_tb"] = lay.x_tb == StateLayout::kNone ? py::int_(-1) : py::int_(lay.x_tb);
+  return d;
+}
+
+}  // namespace
+
+void register_stack(py::module_& m) {
+  m.def("stack_forward", &py_stack_forward, py::arg("kind"), py::arg("x"), py::arg("params"),
+        py::arg("num_layers"), py::arg("bidirectional"), py::arg("reverse"), py::arg("h0"),
+        py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"),
+        py::arg("seed"), py::arg("training"), py::arg("check_inplace"), py::arg("alloc"),
+        py::arg("layer") = false,
+        "Whole stack. Returns (y, h_n, c_n or None, reserve or None, stamps or None); outputs "
+        "and the training state come from alloc(shape, dtype_name).");
+  m.def("stack_backward", &py_stack_backward, py::arg("kind"), py::arg("x"), py::arg("params"),
+        py::arg("num_layers"), py::arg("bidirectional"), py::arg("reverse"), py::arg("h0"),
+        py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"),
+        py::arg("seed"), py::arg("reserve"), py::arg("stamps"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("grads"), py::arg("alloc"), py::arg("layer") = false,
+        "BPTT through a training stack_forward with the same arguments and its reserve. "
+        "Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
+  m.def("state_layout", &py_state_layout, py::arg("kind"), py::arg("steps"), py::arg("batch"),
+        py::arg("input"), py::arg("hidden"), py::arg("proj"), py::arg("num_layers"),
+        py::arg("bidirectional"), py::arg("batch_first"), py::arg("dropout"),
+        py::arg("itemsize"), "Byte offsets of the training state's pieces in the reserve.");
+  py::dict cells;
+  for (int k = 0; valid_cell_kind(k); ++k) {
+    const CellInfo c = cell_info(static_cast<CellKind>(k));
+    py::dict d;
+    d["kind"] = k;
+    d["gates"] = c.gates;
+    d["saved"] = c.saved;
+    d["cell_state"] = c.cell_state;
+    cells[c.name] = d;
+  }
+  m.attr("CELLS") = cells;
+}
+
+}  // namespace bind
+}  // namespace fusedrnn
