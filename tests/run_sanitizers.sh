@@ -92,7 +92,7 @@ mkdir -p "$work/build" && echo "$key" > "$work/build/.san-key"
 cmake -S "$root" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$flags" \
   -DCMAKE_MODULE_LINKER_FLAGS="-fsanitize=address,undefined" \
-  -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF -DSKBUILD_PROJECT_VERSION="$version" \
+  -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF -DSKBUILD_PROJECT_VERSION="$version" -DFUSEDRNN_CUDA=OFF \
   -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" \
   > "$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; say "cmake failed"; exit 1; }
 ninja -C "$work/build" -j "$jobs" > "$work/ninja.log" 2>&1 || {

@@ -46,12 +46,13 @@ def release_workspaces() -> None:
 
 
 def config() -> dict:
-    """Build and runtime facts: version, compiler, BLAS, threads, CUDA, SIMD."""
+    """Build and runtime facts: version, compiler, BLAS, threads, CUDA, SIMD (``simd_path``:
+    the instruction set the kernels run on)."""
     return dict(_C.config())
 
 
 def show_config() -> None:
-    """Prints :func:`config` (compiler, BLAS, OpenMP threads, CUDA built yes/no, SIMD level)."""
+    """Prints :func:`config` (compiler, BLAS, OpenMP threads, CUDA, the SIMD path taken)."""
     c = config()
     lines = [
         f"fusedrnn {__version__}",
@@ -59,8 +60,12 @@ def show_config() -> None:
         f"  BLAS            : {c['blas']}, core {c['blas_core']}",
         f"  BLAS config     : {c['blas_config']}",
         f"  threads         : {c['num_threads']} (OpenMP and BLAS; fusedrnn.set_num_threads)",
-        f"  CUDA built      : {'yes' if c['cuda'] else 'no'}",
+        f"  CUDA backend    : {'yes' if c['cuda'] else 'no'}"
+        + (f" (device code compile-checked for sm {c['cuda_architectures']})"
+           if c["cuda_architectures"] and not c["cuda"] else ""),
         f"  SIMD compiled   : {c['simd_compiled']}",
         f"  SIMD on this CPU: {c['simd_cpu']}",
+        f"  SIMD path taken : {c['simd_path']} (the kernels' instruction set; FUSEDRNN_ISA "
+        f"forces one this CPU has)",
     ]
     print("\n".join(lines))
