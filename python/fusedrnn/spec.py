@@ -297,7 +297,9 @@ class RNNSpec:
 
     def check_forward(self, x: Any, h0: Any = None, c0: Any = None, *, owner: str,
                       style: str, packed_batch: Optional[int] = None) -> Tuple[bool, int]:
-        """Checks the shapes of a forward call; returns ``(batched, batch)``.
+        """Checks the shapes of a forward call; returns ``(batched, batch)``: both steps of
+        :meth:`forward_layout` and :meth:`check_forward_sizes`, which a caller with its own
+        checks in between (dtype, device) runs separately.
 
         ``x``: (T, B, I), (B, T, I) with ``batch_first``, or unbatched (T, I); packed data
         (N, I) when ``packed_batch`` (the largest batch) is given. ``h0``: (L*D, B, R) and
@@ -305,38 +307,49 @@ class RNNSpec:
 
         ``style`` words the errors as the hierarchy's reference does: 'numpy' (``ValueError``
         naming the expected shape) or 'torch' (``torch.nn``'s types and messages)."""
-        states = [("h0", "hidden[0]" if self.is_lstm else "hidden", h0),
-                  ("c0", "hidden[1]", c0)]
-        states = [s for s in states if s[2] is not None]
+        batched, batch = self.forward_layout(x, h0, c0, owner=owner, style=style,
+                                             packed_batch=packed_batch)
+        self.check_forward_sizes(x, h0, c0, batched, batch, style=style)
+        return batched, batch
+
+    def forward_layout(self, x: Any, h0: Any = None, c0: Any = None, *, owner: str,
+                       style: str, packed_batch: Optional[int] = None) -> Tuple[bool, int]:
+        """Numbers of dimensions (see :meth:`check_forward`); returns ``(batched, batch)``."""
         if packed_batch is not None:
             if x.ndim != 2:
                 raise RuntimeError(f"input must have 2 dimensions, got {x.ndim}")
-            batched, batch = True, int(packed_batch)
-        elif x.ndim not in (2, 3):
+            return True, int(packed_batch)
+        if x.ndim not in (2, 3):
             if style == "torch":
                 raise ValueError(f"{owner}: Expected input to be 2D or 3D, got {x.ndim}D "
                                  f"instead")
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
                              f"input_size), got shape {tuple(x.shape)}")
-        else:
-            batched = x.ndim == 3
-            batch = x.shape[self.batch_axis] if batched else 1
-        if style == "torch" and packed_batch is None:
-            want = 3 if batched else 2
-            if any(s.ndim != want for _, _, s in states):
-                dims = ", ".join(f"{s.ndim}-D" for _, _, s in states)
-                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, "
-                                   f"{'hx and cx' if self.is_lstm else 'hx'} should also be "
-                                   f"{want}-D but got ({dims}) tensor(s)")
+        batched = x.ndim == 3
+        states = [s for s in (h0, c0) if s is not None]
+        want = 3 if batched else 2
+        if style == "torch" and any(s.ndim != want for s in states):
+            dims = ", ".join(f"{s.ndim}-D" for s in states)
+            raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, "
+                               f"{'hx and cx' if self.is_lstm else 'hx'} should also be "
+                               f"{want}-D but got ({dims}) tensor(s)")
+        return batched, (x.shape[self.batch_axis] if batched else 1)
+
+    def check_forward_sizes(self, x: Any, h0: Any, c0: Any, batched: bool, batch: int, *,
+                            style: str) -> None:
+        """x's feature size and the states' shapes (see :meth:`check_forward`)."""
         if x.shape[-1] != self.input_size:
             if style == "torch":
                 raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
                                    f"{self.input_size}, got {x.shape[-1]}")
             raise ValueError(f"x.shape[-1] must equal input_size = {self.input_size}, got "
                              f"{x.shape[-1]}")
-        wants = dict(zip(("h0", "c0"), self.state_shapes(batch)))
-        for name, label, s in states:
-            want, got = wants[name], tuple(s.shape)
+        h_want, c_want = self.state_shapes(batch)
+        for name, label, s, want in (("h0", "hidden[0]" if self.is_lstm else "hidden", h0,
+                                      h_want), ("c0", "hidden[1]", c0, c_want)):
+            if s is None:
+                continue
+            got = tuple(s.shape)
             if style == "torch":
                 got = got if batched else got[:1] + (1,) + got[1:]
                 if got != want:
@@ -348,7 +361,6 @@ class RNNSpec:
                     raise ValueError(f"{name} must have shape {want} (num_layers*"
                                      f"num_directions, {'batch, ' if batched else ''}{width}), "
                                      f"got {got}")
-        return batched, batch
 
     # -- repr ---------------------------------------------------------------------------------
 
@@ -434,42 +446,55 @@ class CellSpec:
 
     def check_step(self, x: Any, states: Sequence[Any], *, owner: str, style: str,
                    labels: Sequence[str]) -> bool:
-        """Checks the shapes of one step; returns ``batched``. ``x``: (B, I) or unbatched (I,);
-        each state (B, H) or (H,) like x, or None. ``style`` as :meth:`RNNSpec.check_forward`
-        ('numpy': ``ValueError`` naming the expected shape; 'torch': ``torch.nn``'s cells'
-        types and messages)."""
-        I, H = self.input_size, self.hidden_size
-        if style == "torch":
-            if x.ndim not in (1, 2):
-                raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {x.ndim}D instead")
-            for label, s in zip(labels, states):
-                if s is not None and s.ndim not in (1, 2):
-                    raise ValueError(f"{owner}: Expected {label} to be 1D or 2D, got {s.ndim}D "
-                                     f"instead")
-            batched = x.ndim == 2
-            B = x.shape[0] if batched else 1
-            if x.shape[-1] != I:
-                raise RuntimeError(f"input has inconsistent input_size: got {x.shape[-1]} "
-                                   f"expected {I}")
-            for i, s in enumerate(states):
-                if s is None:
-                    continue
-                shape = tuple(s.shape) if batched else (1,) + tuple(s.shape)
-                if len(shape) != 2 or shape[0] != B:
-                    raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch "
-                                       f"size {shape[0] if len(shape) == 2 else list(shape)}")
-                if shape[1] != H:
-                    raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got "
-                                       f"{shape[1]}, expected {H}")
-            return batched
-        if x.ndim not in (1, 2) or x.shape[-1] != I:
-            raise ValueError(f"x must have shape (batch, {I}) or ({I},), got {tuple(x.shape)}")
-        batched = x.ndim == 2
-        want = self.state_shape(x.shape[0] if batched else None)
-        for label, s in zip(labels, states):
-            if s is not None and tuple(s.shape) != want:
-                raise ValueError(f"{label} must have shape {want}, got {tuple(s.shape)}")
+        """Checks the shapes of one step; returns ``batched``: both steps of
+        :meth:`step_layout` and :meth:`check_step_sizes`. ``x``: (B, I) or unbatched (I,);
+        each state (B, H) or (H,) like x, or None; ``labels`` name the states in messages.
+        ``style`` as :meth:`RNNSpec.check_forward` ('numpy': ``ValueError`` naming the
+        expected shape; 'torch': ``torch.nn``'s cells' types and messages)."""
+        batched = self.step_layout(x, states, owner=owner, style=style, labels=labels)
+        self.check_step_sizes(x, states, batched, style=style, labels=labels)
         return batched
+
+    def step_layout(self, x: Any, states: Sequence[Any], *, owner: str, style: str,
+                    labels: Sequence[str]) -> bool:
+        """Numbers of dimensions (see :meth:`check_step`); returns ``batched``."""
+        if style != "torch":
+            if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+                raise ValueError(f"x must have shape (batch, {self.input_size}) or "
+                                 f"({self.input_size},), got {tuple(x.shape)}")
+            return x.ndim == 2
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        for label, s in zip(labels, states):
+            if s is not None and s.ndim not in (1, 2):
+                raise ValueError(f"{owner}: Expected {label} to be 1D or 2D, got {s.ndim}D "
+                                 f"instead")
+        return x.ndim == 2
+
+    def check_step_sizes(self, x: Any, states: Sequence[Any], batched: bool, *, style: str,
+                         labels: Sequence[str]) -> None:
+        """x's feature size and the states' shapes (see :meth:`check_step`)."""
+        I, H = self.input_size, self.hidden_size
+        if style != "torch":
+            want = self.state_shape(x.shape[0] if batched else None)
+            for label, s in zip(labels, states):
+                if s is not None and tuple(s.shape) != want:
+                    raise ValueError(f"{label} must have shape {want}, got {tuple(s.shape)}")
+            return
+        B = x.shape[0] if batched else 1
+        if x.shape[-1] != I:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.shape[-1]} "
+                               f"expected {I}")
+        for i, s in enumerate(states):
+            if s is None:
+                continue
+            shape = tuple(s.shape) if batched else (1,) + tuple(s.shape)
+            if len(shape) != 2 or shape[0] != B:
+                raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch "
+                                   f"size {shape[0] if len(shape) == 2 else list(shape)}")
+            if shape[1] != H:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got "
+                                   f"{shape[1]}, expected {H}")
 
     def extra_repr(self) -> str:
         """torch.nn.RNNCellBase's ``extra_repr`` ('3, 4, bias=False, nonlinearity=relu'), then
