@@ -61,7 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import microbench as mb  # noqa: E402  (environment, timing and JSON helpers; stdlib-only import)
 
-CELL_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+CELLS = ("lstm", "gru", "rnn_tanh")  # gates per cell: fusedrnn.spec.GATES (mb.GATES)
 MODES = ("forward", "fwd+bwd")
 PEERS = ("fusedrnn", "torch", "ort", "numpy_ref")
 INFERENCE_ONLY = ("ort",)
@@ -90,8 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="grid only with H=256, T=50, B 1 16, 2 threads, few repeats")
     p.add_argument("--suites", nargs="+", choices=SUITES, help="default: all (--quick: grid)")
-    p.add_argument("--cells", nargs="+", choices=sorted(CELL_GATES),
-                   default=["lstm", "gru", "rnn_tanh"], help="grid cells")
+    p.add_argument("--cells", nargs="+", choices=sorted(CELLS), default=list(CELLS),
+                   help="grid cells")
     p.add_argument("--hidden", type=int, nargs="+", help="grid H (default 256 512 1024)")
     p.add_argument("--batch", type=int, nargs="+", help="grid B (default 1 16 64)")
     p.add_argument("--seq-len", type=int, nargs="+", help="grid T (default 50 100)")
@@ -194,7 +194,7 @@ class Case:
 
     @property
     def G(self):
-        return CELL_GATES[self.cell]
+        return mb.GATES[self.cell]
 
     @property
     def single(self):

@@ -142,7 +142,7 @@ def main(argv=None):
     print(f"{'cell':5} {'mode':8} {'peer':15} {'median ms':>10} {'min ms':>9} {'GFLOP/s':>8} "
           f"{'vs torch':>9}")
     for cell in args.cells:
-        G = 4 if cell == "lstm" else 3
+        G = mb.GATES[cell]
         ours, theirs, adapter, x = build(args, cell)
         errs = validate(ours, theirs, adapter, x)
         worst = max(errs.values())

@@ -57,7 +57,7 @@ WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES")
 REEXEC_MARK = "FUSEDRNN_BENCH_REMOVED_OPENBLAS_ENV"
 NO_TORCH_VAR = "FUSEDRNN_BENCH_NO_TORCH"
 
-CELLS = {"lstm": 4, "gru": 3}        # cell -> number of gates G
+CELLS = ("lstm", "gru")              # gates per cell: fusedrnn.spec.GATES (load_libraries)
 MODES = ("forward", "fwd+bwd")
 PEERS = ("fusedrnn", "numpy_ref", "torch")
 REF_T = 5                            # sequence length of the float64 reference check
@@ -68,7 +68,7 @@ MIN_REPEATS = 3                      # timed calls kept even past the time budge
 PEER_PAUSE_S = 0.2                   # idle time between two peers' timing blocks
 
 # Imported by load_libraries() once the thread environment is set.
-np = fusedrnn = F = ref = torch = None
+np = fusedrnn = F = ref = torch = GATES = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, nargs="+", help="hidden sizes H (default 256 512)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes B (default 1 16)")
     p.add_argument("--seq-len", type=int, default=50, help="sequence length T (default 50)")
-    p.add_argument("--cells", nargs="+", choices=sorted(CELLS), default=["lstm", "gru"])
+    p.add_argument("--cells", nargs="+", choices=sorted(CELLS), default=list(CELLS))
     p.add_argument("--repeats", type=int, help="timed calls for fusedrnn and torch (default 20)")
     p.add_argument("--numpy-repeats", type=int, help="timed calls for the NumPy reference (3)")
     p.add_argument("--warmup", type=int,
@@ -146,9 +146,10 @@ def set_thread_env(args):
 
 def load_libraries(want_torch):
     """Imports NumPy, fusedrnn and (optionally) torch. Returns a note when torch is skipped."""
-    global np, fusedrnn, F, ref, torch
+    global np, fusedrnn, F, ref, torch, GATES
     import numpy as np
     import fusedrnn
+    from fusedrnn.spec import GATES
     import fusedrnn.functional as F
     import fusedrnn.reference as ref
     if not want_torch:
@@ -249,7 +250,7 @@ class Problem:
     """Inputs of one layer: x (T,B,I), weights and biases in PyTorch layout, h0, c0."""
 
     def __init__(self, cell, T, B, H, dtype, seed):
-        G, I = CELLS[cell], H
+        G, I = GATES[cell], H
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)  # torch.nn.LSTM/GRU's init range
         u = lambda *shape: rng.uniform(-k, k, shape).astype(dtype)

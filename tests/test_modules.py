@@ -359,15 +359,18 @@ def test_backward_without_training_forward():
 def test_constructor_validation():
     with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
         fusedrnn.LSTM(3, 4, proj_size=4)
-    with pytest.raises(ValueError, match="proj_size is only supported by LSTM"):
+    # messages are torch.nn's (fusedrnn.spec); tests/test_spec.py checks the types against it
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
         fusedrnn.modules._RNNBase("GRU", 3, 4, proj_size=2)
-    with pytest.raises(ValueError, match="dropout must lie in"):
-        fusedrnn.GRU(3, 4, dropout=1.0)
-    with pytest.raises(ValueError, match="nonlinearity must be"):
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        fusedrnn.GRU(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"dropout should be a number in range \[0, 1\]"):
+        fusedrnn.GRU(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
         fusedrnn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         fusedrnn.GRU(3, 4, dtype=np.int32)
-    with pytest.raises(TypeError, match="hidden_size must be an int"):
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
         fusedrnn.LSTM(3, 4.0)
 
 

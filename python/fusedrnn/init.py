@@ -25,12 +25,13 @@ import re
 import numpy as np
 
 from fusedrnn.nn import _make_rng
+from fusedrnn.spec import GATES, TORCH_MODES
 
 __all__ = ["uniform_", "normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
            "xavier_normal_", "orthogonal_", "pytorch_default_", "orthogonal_recurrent_",
            "unit_forget_bias_"]
 
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+_GATES = {TORCH_MODES[m]: g for m, g in GATES.items()}  # by torch.nn's mode names
 _SUFFIX = r"(?:_l\d+(?:_reverse)?)?"
 _W_HH = re.compile(r"weight_hh" + _SUFFIX + r"$")
 _B_IH = re.compile(r"bias_ih" + _SUFFIX + r"$")

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedrnn.spec import GATES, MODES
+
 __all__ = [
     "MODES", "GATES", "sigmoid",
     "rnn_cell_forward", "rnn_cell_backward",
@@ -47,9 +49,7 @@ __all__ = [
     "stack_forward", "stack_backward", "param_names",
 ]
 
-#: Recurrent modes; GRU also takes ``reset_after``.
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+# MODES (recurrent modes; GRU also takes ``reset_after``) and GATES come from fusedrnn.spec.
 
 
 def sigmoid(v):

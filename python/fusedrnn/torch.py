@@ -44,6 +44,16 @@ Differences from PyTorch, all deliberate:
   generator per forward: ``torch.manual_seed`` makes runs reproducible, but the masks are not
   the ones ``torch.nn.LSTM`` would draw. Without active dropout no random number is drawn, so
   the rest of a program's random stream is the same as with ``torch.nn.LSTM``.
+* Constructor arguments are checked by :mod:`fusedrnn.spec`, with ``torch.nn.RNNBase``'s
+  exception types and messages, for the stacks and the cells alike. Where torch.nn is
+  lenient or inconsistent: sizes may be any integral type (NumPy integers, which
+  ``torch.nn.RNN/LSTM/GRU`` refuse); a ``bool`` size or a non-``bool`` ``bidirectional``
+  raises ``TypeError`` (torch.nn takes ``True`` as 1); the cells raise ``TypeError`` for a
+  non-integer size or a non-``bool`` ``bias``, ``ValueError`` for a size <= 0 and for an
+  unknown ``nonlinearity`` (torch.nn's cells check nothing: ``torch.empty`` fails, or not,
+  and an unknown nonlinearity raises ``RuntimeError`` at the first forward).
+* ``dropout=1.0`` is accepted, as by torch.nn, but a training-mode forward through more
+  than one layer then raises ``ValueError``: the kernels need ``dropout < 1``.
 * First-order gradients only: differentiating a gradient of these modules (double backward,
   e.g. ``autograd.grad(..., create_graph=True)`` then a backward through its result) raises a
   ``RuntimeError`` rather than silently treating the gradient as a constant.
@@ -73,8 +83,8 @@ threaded work on the thread that forked runs on a helper thread fusedrnn starts 
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,12 +92,12 @@ from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import functional as _F
+from fusedrnn.spec import (TORCH_MODES, CellSpec, RNNSpec, SpecField, reject_proj_size,
+                           rnn_mode, split_state)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
-_KERNEL_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,13 +107,6 @@ _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 def _detached(t):
     """The tensor as the kernels take it (DLPack refuses tensors that require grad)."""
     return None if t is None else t.detach()
-
-
-def _describe(obj):
-    """A value's type, and its items' types for a tuple or list."""
-    if isinstance(obj, (tuple, list)):
-        return f"{type(obj).__name__} of ({', '.join(type(o).__name__ for o in obj)})"
-    return type(obj).__name__
 
 
 def _check_tensors(owner, tensors):
@@ -257,77 +260,39 @@ def _draw_seed():
 class RNNBase(torch.nn.Module):
     """Base of :class:`RNN`, :class:`LSTM` and :class:`GRU`: the bookkeeping of
     ``torch.nn.RNNBase`` (same attributes, parameter names, shapes, order and initialisation)
-    with a forward pass through fusedrnn's native stack kernels."""
+    with a forward pass through fusedrnn's native stack kernels. The configuration lives in
+    ``self.spec`` (:class:`fusedrnn.spec.RNNSpec`); ``input_size``, ``dropout`` ... read it,
+    and assigning one re-validates it."""
 
-    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
-                 dtype=None, *, reset_after=True):
-        factory_kwargs = {"device": device, "dtype": dtype}
+    input_size = SpecField()
+    hidden_size = SpecField()
+    num_layers = SpecField()
+    bias = SpecField()
+    batch_first = SpecField()
+    dropout = SpecField()
+    bidirectional = SpecField()
+    proj_size = SpecField()
+    reset_after = SpecField()
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None, *,
+                 reset_after: bool = True):
         super().__init__()
-        if mode not in _GATES:
-            raise ValueError("Unrecognized RNN mode: " + str(mode))
-        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
-        if dropout > 0 and num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                          "non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
-        for name, value in (("bias", bias), ("batch_first", batch_first),
-                            ("bidirectional", bidirectional), ("reset_after", reset_after)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers), ("proj_size", proj_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
-        if num_layers <= 0:
-            raise ValueError("num_layers must be greater than zero")
-        if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable "
-                             "projections")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-
-        self.mode = mode
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = bidirectional
-        self.proj_size = int(proj_size)
-        self.reset_after = reset_after
-        num_directions = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
-        real_hidden_size = proj_size if proj_size > 0 else hidden_size
-
-        self._flat_weights_names = []
-        self._all_weights = []
-        for layer in range(num_layers):
-            for direction in range(num_directions):
-                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
-                suffix = "_reverse" if direction == 1 else ""
-                shapes = [("weight_ih", (gate_size, layer_input_size)),
-                          ("weight_hh", (gate_size, real_hidden_size))]
-                if bias:
-                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
-                if proj_size > 0:
-                    shapes += [("weight_hr", (proj_size, hidden_size))]
-                names = []
-                for base, shape in shapes:
-                    name = f"{base}_l{layer}{suffix}"
-                    setattr(self, name, Parameter(torch.empty(shape, **factory_kwargs)))
-                    names.append(name)
-                self._flat_weights_names.extend(names)
-                self._all_weights.append(names)
+        self.spec = RNNSpec(mode, input_size, hidden_size, num_layers, bias, batch_first,
+                            dropout, bidirectional, proj_size, reset_after)
+        if self.spec.dropout_warning:
+            warnings.warn(self.spec.dropout_warning, stacklevel=3)
+        self._flat_weights_names = self.spec.flat_weights_names()
+        self._all_weights = self.spec.all_weights()
+        for name, shape in self.spec.param_shapes().items():
+            setattr(self, name, Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self.reset_parameters()
+
+    @property
+    def mode(self) -> str:
+        """'RNN_TANH', 'RNN_RELU', 'LSTM' or 'GRU', as ``torch.nn.RNNBase.mode``."""
+        return TORCH_MODES[self.spec.mode]
 
     def reset_parameters(self) -> None:
         """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as PyTorch."""
@@ -347,22 +312,7 @@ class RNNBase(torch.nn.Module):
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        if self.mode == "GRU" and self.reset_after is not True:
-            s += ", reset_after={reset_after}"
-        return s.format(**self.__dict__)
+        return self.spec.extra_repr()
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -370,101 +320,58 @@ class RNNBase(torch.nn.Module):
     def _cls(self):
         return type(self).__name__
 
-    def _state_shapes(self, batch):
-        d = 2 if self.bidirectional else 1
-        r = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return (self.num_layers * d, batch, r), (self.num_layers * d, batch, self.hidden_size)
-
-    def _split_hx(self, hx):
-        """(h0, c0) from the user's hx (c0 None unless LSTM)."""
-        if hx is None:
-            return None, None
-        if self.mode == "LSTM":
-            if (not isinstance(hx, (tuple, list)) or len(hx) != 2
-                    or not all(isinstance(s, torch.Tensor) for s in hx)):
-                raise TypeError(f"{self._cls}: hx must be a tuple (h_0, c_0) of tensors, got "
-                                f"{_describe(hx)}")
-            return hx[0], hx[1]
-        if not isinstance(hx, torch.Tensor):
-            raise TypeError(f"{self._cls}: hx must be a tensor, got {type(hx).__name__}")
-        return hx, None
-
-    def forward(self, input, hx=None):
+    def forward(self, input: Union[torch.Tensor, PackedSequence],
+                hx: Optional[Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = None):
         """``input``: (T, B, I), (B, T, I) with ``batch_first``, unbatched (T, I), or a
         ``PackedSequence``; ``hx``: h_0 (RNN, GRU) or (h_0, c_0) (LSTM), each (L*D, B, R/H)
         ((L*D, R/H) for unbatched input), None for zeros.
 
-        Returns ``(output, h_n)`` or, for the LSTM, ``(output, (h_n, c_n))``, as PyTorch."""
-        cls = self._cls
-        is_lstm = self.mode == "LSTM"
-        h0, c0 = self._split_hx(hx)
+        Returns ``(output, h_n)`` or, for the LSTM, ``(output, (h_n, c_n))``, as PyTorch:
+        output (T, B, D*R) (or as the input's layout), h_n (L*D, B, R), c_n (L*D, B, H)."""
+        cls, spec = self._cls, self.spec
+        is_lstm = spec.is_lstm
+        h0, c0 = spec.split_hx(hx, cls, array_type=torch.Tensor, kind="tensors")
         packed = isinstance(input, PackedSequence)
-        lengths = None
-        sorted_indices = unsorted_indices = None
-        is_batched = True
-        batch_first = self.batch_first
+        lengths = sorted_indices = unsorted_indices = None
+        batch_first = spec.batch_first
         if packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            if data.dim() != 2:
-                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-            x_check = data
+            x_check, batch_sizes, sorted_indices, unsorted_indices = input
+            packed_batch = int(batch_sizes[0])
+        elif not isinstance(input, torch.Tensor):
+            raise TypeError(f"{cls}: input must be a tensor or a PackedSequence, got "
+                            f"{type(input).__name__}")
         else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"{cls}: input must be a tensor or a PackedSequence, got "
-                                f"{type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{cls}: Expected input to be 2D or 3D, got {input.dim()}D "
-                                 f"instead")
-            is_batched = input.dim() == 3
-            states = [s for s in (h0, c0) if s is not None]
-            want = 3 if is_batched else 2
-            if any(s.dim() != want for s in states):
-                dims = ", ".join(f"{s.dim()}-D" for s in states)
-                kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                what = "hx and cx" if is_lstm else "hx"
-                raise RuntimeError(f"For {kind} input, {what} should also be {want}-D but got "
-                                   f"({dims}) tensor(s)")
-            if not is_batched:
-                input = input.unsqueeze(0 if batch_first else 1)
-                h0 = None if h0 is None else h0.unsqueeze(1)
-                c0 = None if c0 is None else c0.unsqueeze(1)
-            x_check = input
-
+            x_check, packed_batch = input, None
+        is_batched, batch = spec.forward_layout(x_check, h0, c0, owner=cls, style="torch",
+                                                packed_batch=packed_batch)
         weights = self._flat_weights
         _check_tensors(cls, list(zip(self._flat_weights_names, weights))
                        + [("input", x_check), ("hx" if not is_lstm else "hx[0]", h0),
                           ("hx[1]", c0)])
-        if x_check.size(-1) != self.input_size:
-            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
-                               f"{self.input_size}, got {x_check.size(-1)}")
-        if packed:
-            batch = int(batch_sizes[0])
-        else:
-            batch = input.size(0) if batch_first else input.size(1)
-        h_shape, c_shape = self._state_shapes(batch)
-        for state, shape, label in ((h0, h_shape, "hidden[0]" if is_lstm else "hidden"),
-                                    (c0, c_shape, "hidden[1]")):
-            if state is not None and tuple(state.shape) != shape:
-                raise RuntimeError(f"Expected {label} size {shape}, got {list(state.shape)}")
+        spec.check_forward_sizes(x_check, h0, c0, is_batched, batch, style="torch")
 
         if packed:
             # sorted order, time-major (PackedSequence data does not depend on batch_first)
-            x, lens = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
+            x, lens = pad_packed_sequence(PackedSequence(x_check, batch_sizes),
+                                          batch_first=False)
             lengths = lens.numpy().astype(np.int64)
             batch_first = False
             if sorted_indices is not None:
                 h0 = None if h0 is None else h0.index_select(1, sorted_indices)
                 c0 = None if c0 is None else c0.index_select(1, sorted_indices)
+        elif not is_batched:
+            x = input.unsqueeze(spec.batch_axis)
+            h0 = None if h0 is None else h0.unsqueeze(1)
+            c0 = None if c0 is None else c0.unsqueeze(1)
         else:
             x = input
 
-        dropout_active = self.training and self.dropout > 0 and self.num_layers > 1
-        cfg = _Config(mode=_KERNEL_MODES[self.mode],
-                      names=tuple(self._flat_weights_names), num_layers=self.num_layers,
-                      bidirectional=self.bidirectional, batch_first=batch_first,
-                      dropout=self.dropout if dropout_active else 0.0,
+        dropout_active = self.training and spec.dropout > 0 and spec.num_layers > 1
+        cfg = _Config(mode=spec.mode, names=tuple(self._flat_weights_names),
+                      num_layers=spec.num_layers, bidirectional=spec.bidirectional,
+                      batch_first=batch_first, dropout=spec.dropout if dropout_active else 0.0,
                       seed=_draw_seed() if dropout_active else 0,
-                      reset_after=self.reset_after, lengths=lengths)
+                      reset_after=spec.reset_after, lengths=lengths)
         y, h_n, c_n = _run_stack(cfg, x, h0, c0 if is_lstm else None, weights, dropout_active)
 
         if packed:
@@ -476,7 +383,7 @@ class RNNBase(torch.nn.Module):
         else:
             output = y
             if not is_batched:
-                output = output.squeeze(0 if batch_first else 1)
+                output = output.squeeze(spec.batch_axis)
                 h_n = h_n.squeeze(1)
                 c_n = None if c_n is None else c_n.squeeze(1)
         return (output, (h_n, c_n)) if is_lstm else (output, h_n)
@@ -487,18 +394,17 @@ class RNN(RNNBase):
     ``torch.nn.RNN`` (same arguments, parameters, ``state_dict``, inputs and outputs) on
     fusedrnn's kernels. See the module docstring."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
-        if nonlinearity == "tanh":
-            mode = "RNN_TANH"
-        elif nonlinearity == "relu":
-            mode = "RNN_RELU"
-        else:
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
-                             f"'relu'.")
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
-        self.nonlinearity = nonlinearity
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 **kwargs):
+        reject_proj_size(kwargs, "RNN")
+        super().__init__(rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, device, dtype)
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.spec.nonlinearity
 
 
 class LSTM(RNNBase):
@@ -508,8 +414,9 @@ class LSTM(RNNBase):
     Switch a model by changing the import: ``from fusedrnn.torch import LSTM`` instead of
     ``from torch.nn import LSTM``. See the module docstring."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype)
 
@@ -520,8 +427,11 @@ class GRU(RNNBase):
     only, not in PyTorch) selects the original Cho et al. form
     ``n = tanh(W_in x + b_in + W_hn (r h) + b_hn)``; parameter shapes are the same."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *,
+                 reset_after: bool = True, **kwargs):
+        reject_proj_size(kwargs, "GRU")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, reset_after=reset_after)
 
@@ -532,32 +442,21 @@ class GRU(RNNBase):
 
 class RNNCellBase(torch.nn.Module):
     """Base of the cells: ``torch.nn.RNNCellBase``'s parameters (``weight_ih``, ``weight_hh``,
-    ``bias_ih``, ``bias_hh``) and initialisation; one step through the native stack (T=1)."""
+    ``bias_ih``, ``bias_hh``) and initialisation; one step through the native stack (T=1).
+    The configuration lives in ``self.spec`` (:class:`fusedrnn.spec.CellSpec`)."""
 
-    def __init__(self, mode, input_size, hidden_size, bias, device=None, dtype=None, *,
-                 reset_after=True):
-        factory_kwargs = {"device": device, "dtype": dtype}
+    input_size = SpecField()
+    hidden_size = SpecField()
+    bias = SpecField()
+    reset_after = SpecField()
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device=None,
+                 dtype=None, *, reset_after: bool = True):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name} must be greater than zero")
-        for name, value in (("bias", bias), ("reset_after", reset_after)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-        self._mode = mode
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
-        self.bias = bias
-        self.reset_after = reset_after
-        g = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[mode] * hidden_size
-        self.weight_ih = Parameter(torch.empty((g, input_size), **factory_kwargs))
-        self.weight_hh = Parameter(torch.empty((g, hidden_size), **factory_kwargs))
-        if bias:
-            self.bias_ih = Parameter(torch.empty(g, **factory_kwargs))
-            self.bias_hh = Parameter(torch.empty(g, **factory_kwargs))
-        else:
+        self.spec = CellSpec(mode, input_size, hidden_size, bias, reset_after)
+        for name, shape in self.spec.param_shapes().items():
+            setattr(self, name, Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        if not self.spec.bias:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
@@ -569,56 +468,34 @@ class RNNCellBase(torch.nn.Module):
             init.uniform_(weight, -stdv, stdv)
 
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        if self._mode == "gru" and self.reset_after is not True:
-            s += ", reset_after={reset_after}"
-        return s.format(**self.__dict__)
+        return self.spec.extra_repr()
 
     def _step(self, input, states):
-        """One step; ``states``: list of (B, H)/(H,) tensors or Nones. Returns (h', c' or None)."""
-        cls = type(self).__name__
+        """One step; ``input`` (B, I) or (I,); ``states``: list of (B, H)/(H,) tensors or
+        Nones. Returns (h', c' or None), each (B, H) or (H,) like the input."""
+        cls, spec = type(self).__name__, self.spec
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"{cls}: input must be a tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         labels = ["hidden"] if len(states) == 1 else ["hx[0]", "hx[1]"]
         for label, s in zip(labels, states):
             if s is not None and not isinstance(s, torch.Tensor):
                 raise TypeError(f"{cls}: {label} must be a tensor, got {type(s).__name__}")
-            if s is not None and s.dim() not in (1, 2):
-                raise ValueError(f"{cls}: Expected {label} to be 1D or 2D, got {s.dim()}D "
-                                 f"instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-            states = [None if s is None else s.unsqueeze(0) for s in states]
-        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        is_batched = spec.step_layout(input, states, owner=cls, style="torch", labels=labels)
+        names = list(spec.param_shapes())
         weights = [getattr(self, n) for n in names]
         _check_tensors(cls, list(zip(names, weights))
                        + [("input", input)] + list(zip(labels, states)))
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
-                               f"expected {self.input_size}")
-        for i, s in enumerate(states):
-            if s is None:
-                continue
-            if s.dim() != 2 or s.size(0) != input.size(0):
-                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
-                                   f"batch size {s.size(0) if s.dim() == 2 else list(s.shape)}")
-            if s.size(1) != self.hidden_size:
-                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
-                                   f"expected {self.hidden_size}")
+        spec.check_step_sizes(input, states, is_batched, style="torch", labels=labels)
+        if not is_batched:
+            input = input.unsqueeze(0)
+            states = [None if s is None else s.unsqueeze(0) for s in states]
         h0 = None if states[0] is None else states[0].unsqueeze(0)
         c0 = None
         if len(states) == 2 and states[1] is not None:
             c0 = states[1].unsqueeze(0)
-        cfg = _Config(mode=self._mode, names=tuple(n + "_l0" for n in names), num_layers=1,
+        cfg = _Config(mode=spec.mode, names=tuple(n + "_l0" for n in names), num_layers=1,
                       bidirectional=False, batch_first=False, dropout=0.0, seed=0,
-                      reset_after=self.reset_after, lengths=None)
+                      reset_after=spec.reset_after, lengths=None)
         _, h_n, c_n = _run_stack(cfg, input.unsqueeze(0), h0, c0, weights, False)
         h1 = h_n[0] if is_batched else h_n[0, 0]
         c1 = None if c_n is None else (c_n[0] if is_batched else c_n[0, 0])
@@ -629,14 +506,15 @@ class RNNCell(RNNCellBase):
     """Elman RNN cell: a drop-in ``torch.nn.RNNCell`` on fusedrnn's kernels.
     ``forward(input, hx=None)``: input (B, I) or (I,), hx (B, H) or (H,); returns h'."""
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
-                 dtype=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype)
-        self.nonlinearity = nonlinearity
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None):
+        super().__init__(rnn_mode(nonlinearity), input_size, hidden_size, bias, device, dtype)
 
-    def forward(self, input, hx=None):
+    @property
+    def nonlinearity(self) -> str:
+        return self.spec.nonlinearity
+
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._step(input, [hx])[0]
 
 
@@ -645,19 +523,16 @@ class LSTMCell(RNNCellBase):
     ``forward(input, hx=None)``: input (B, I) or (I,), hx (h, c) each (B, H) or (H,);
     returns (h', c')."""
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None):
         super().__init__("lstm", input_size, hidden_size, bias, device, dtype)
 
-    def forward(self, input, hx=None):
-        if hx is None:
-            states = [None, None]
-        elif (isinstance(hx, (tuple, list)) and len(hx) == 2
-              and all(isinstance(t, torch.Tensor) for t in hx)):
-            states = list(hx)
-        else:
-            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors, got "
-                            f"{_describe(hx)}")
-        return self._step(input, states)
+    def forward(self, input: torch.Tensor,
+                hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        h, c = split_state(hx, pair=True, owner="LSTMCell", names=("h", "c"),
+                           array_type=torch.Tensor, kind="tensors")
+        return self._step(input, [h, c])
 
 
 class GRUCell(RNNCellBase):
@@ -665,10 +540,10 @@ class GRUCell(RNNCellBase):
     (keyword only, not in PyTorch) is the original Cho et al. form.
     ``forward(input, hx=None)``: input (B, I) or (I,), hx (B, H) or (H,); returns h'."""
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 reset_after=True):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, reset_after: bool = True):
         super().__init__("gru", input_size, hidden_size, bias, device, dtype,
                          reset_after=reset_after)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._step(input, [hx])[0]
