@@ -439,7 +439,7 @@ void forward(const ForwardParams<T>& p) {
 
 #pragma omp parallel num_threads(plan.threads)
   {
-    // Split over the team that actually runs, which OpenMP may make smaller than nt
+    // Split over the team that actually runs, which OpenMP may make smaller than plan.threads
     // (OMP_THREAD_LIMIT, OMP_DYNAMIC, a call from inside another parallel region).
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     ForwardThread<Cell, T> th(p, plan, buf, team, tid);
@@ -746,7 +746,7 @@ void backward(const BackwardParams<T>& p) {
 
 #pragma omp parallel num_threads(plan.threads)
   {
-    const int team = omp_get_num_threads(), tid = omp_get_thread_num();  // team <= nt
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();  // <= plan.threads
     BackwardThread<Cell, T> th(p, plan, buf, team, tid);
     th.pack_weights();
     for (int64_t s = plan.steps - 1; s >= 0; --s) {
