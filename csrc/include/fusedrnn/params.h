@@ -1,7 +1,9 @@
 #pragma once
 // The only things the bindings hand to the kernels: plain pointers and sizes.
-// All arrays are C-contiguous. Shapes use T (time), B (batch), I (input), H (hidden),
-// G (gates), R (recurrent width: H, or P with an LSTM projection), S (saved values per unit).
+// All arrays are C-contiguous but where a row stride (ld_*) says otherwise. Shapes use T (time),
+// B (batch), I (input), H (hidden), G (gates), R (recurrent width: H, or P with an LSTM
+// projection), S (saved values per unit).
+#include <cstddef>
 #include <cstdint>
 
 namespace fusedrnn {
@@ -26,7 +28,8 @@ struct LayerShape {
   int64_t proj = 0;    // P, 0 without projection
   int64_t recurrent() const { return proj > 0 ? proj : hidden; }  // R
 
-  const T* x = nullptr;       // (T, B, I)
+  const T* x = nullptr;       // (T, B, ld_x), columns [0, I) are used
+  int64_t ld_x = 0;           // row stride of x; 0 means I (rows of a wider array need no copy)
   const T* w_ih = nullptr;    // (G*H, I)
   const T* w_hh = nullptr;    // (G*H, R)
   const T* b_ih = nullptr;    // (G*H) or null: no bias
@@ -34,7 +37,13 @@ struct LayerShape {
   const T* w_hr = nullptr;    // (P, H) or null
   const int64_t* lengths = nullptr;  // (B), each in [1, T]; null: all T
   bool reverse = false;
-  void* stream = nullptr;  // the backend's stream (CUDA: cudaStream_t); unused on the CPU
+
+  // Backend resources, owned by the caller.
+  void* stream = nullptr;   // the backend's stream (CUDA: a cudaStream_t; null: the default
+                            // stream); unused on the CPU
+  void* scratch = nullptr;  // caller-provided scratch memory the call may overwrite; null, or
+  size_t scratch_bytes = 0; // smaller than the call needs: the backend allocates its own (the
+                            // CPU from its reused workspace pool)
 };
 
 template <class T>
@@ -60,7 +69,7 @@ struct BackwardParams : LayerShape<T> {
   int64_t ld_dy = 0;           // row stride of dy; 0 means R
   const T* dh_n = nullptr;     // (B, R) or null
   const T* dc_n = nullptr;     // (B, H) or null
-  T* dx = nullptr;             // (T, B, I) out
+  T* dx = nullptr;             // (T, B, I) out (contiguous whatever ld_x)
   T* dh0 = nullptr;            // (B, R) out
   T* dc0 = nullptr;            // (B, H) out (LSTM)
   T* dw_ih = nullptr;          // (G*H, I) out
