@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cells/activations.h"
+#include "core/registry.h"
 #include "cpu/gemm.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
@@ -190,7 +191,7 @@ Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::ha
   Validated v{};
   v.kind = static_cast<CellKind>(kind_int);
   const bool lstm = v.kind == CellKind::Lstm;
-  v.G = fusedrnn::cell_gates(v.kind);
+  v.G = fusedrnn::cell_info(v.kind).gates;
 
   v.x = float_arg(x_, "x", py::dtype::of<float>(), /*first=*/true);
   v.dtype = v.x.dtype();
@@ -248,7 +249,7 @@ Validated validate_forward(int kind_int, py::handle x_, py::handle w_ih_, py::ha
 template <class T>
 py::tuple forward_typed(Validated& v, bool reverse, bool training) {
   const int64_t R = v.P > 0 ? v.P : v.H;
-  const int64_t S = fusedrnn::cell_saved(v.kind);
+  const int64_t S = fusedrnn::cell_info(v.kind).saved;
   const bool lstm = v.kind == CellKind::Lstm;
   auto y = empty<T>({v.T, v.B, R});
   auto h_n = empty<T>({v.B, R});
@@ -333,7 +334,7 @@ template <class T>
 py::dict backward_typed(Context& c, std::optional<py::array>& dy, std::optional<py::array>& dh_n,
                         std::optional<py::array>& dc_n) {
   const int64_t R = c.R();
-  const int64_t G = fusedrnn::cell_gates(c.kind);
+  const int64_t G = fusedrnn::cell_info(c.kind).gates;
   auto dx = empty<T>({c.T, c.B, c.I});
   auto dh0 = empty<T>({c.B, R});
   auto dw_ih = empty<T>({G * c.H, c.I});
@@ -473,7 +474,7 @@ StackArgs validate_stack(int kind_int, py::handle x_, py::dict params, int64_t n
   auto& cfg = a.cfg;
   cfg.kind = static_cast<CellKind>(kind_int);
   const bool lstm = cfg.kind == CellKind::Lstm;
-  const int64_t G = fusedrnn::cell_gates(cfg.kind);
+  const int64_t G = fusedrnn::cell_info(cfg.kind).gates;
   FUSEDRNN_CHECK(num_layers >= 1, "num_layers must be >= 1, got ", num_layers);
   FUSEDRNN_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ", dropout);
   cfg.layers = num_layers;

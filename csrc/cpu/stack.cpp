@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "core/registry.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
 
@@ -107,7 +108,7 @@ StackStatePtr<T> stack_forward_impl(const StackConfig& cfg, const std::vector<St
                                     T* y, T* h_n, T* c_n, bool training) {
   const int64_t Tn = cfg.steps, B = cfg.batch, H = cfg.hidden, R = cfg.recurrent();
   const int64_t L = cfg.layers, D = cfg.dirs, DR = D * R;
-  const int64_t S = cell_saved(cfg.kind);
+  const int64_t S = cell_info(cfg.kind).saved;
   const bool dropout = training && cfg.dropout > 0 && L > 1;
 
   StackStatePtr<T> st(new StackState<T>());
