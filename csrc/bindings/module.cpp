@@ -858,4 +858,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("KIND_LSTM") = int(CellKind::Lstm);
   m.attr("KIND_GRU") = int(CellKind::Gru);
   m.attr("KIND_GRU_V1") = int(CellKind::GruV1);
+  void register_testing(py::module_&); register_testing(m);  // bindings/testing.cpp: _C._testing
 }
