@@ -408,7 +408,7 @@ def test_environment_variables_set_the_knobs():
                         __file__, "-k", "matches_reference and (lstm-7-3-17 or gru_v1-7-5-33)"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert " 16 passed" in r.stdout, r.stdout[-2000:]  # f32 and f64 of each
+    assert "16 passed," in r.stdout, r.stdout[-2000:]  # f32 and f64 of each
 
 
 def test_release_workspaces_keeps_results(backend):
