@@ -363,25 +363,30 @@ def test_other_instruction_sets(isa, group, tuning, backend):
     run_group(group, backend, f"isa={isa}")
 
 
-FORCED = [{"dot_projection_max_rows": 0},       # every input projection on the BLAS
-          {"panel_min_rows": 1},                # every step on packed panels (B >= 1)
-          {"panel_min_rows": 1000},             # every step on dot_gemm
-          {"poison_workspace": 1},              # workspaces filled with NaN patterns first
-          {"poison_workspace": 1, "panel_min_rows": 1000}]
+# Each forced path as the environment variables that also set it (tests/run_sanitizers.sh
+# recognises the poisoned re-runs by the parameter `env`); the test sets the knobs in-process.
+KNOB_OF_ENV = {"FUSEDRNN_DOT_PROJ_ROWS": "dot_projection_max_rows",
+               "FUSEDRNN_PANEL_MIN_ROWS": "panel_min_rows",
+               "FUSEDRNN_POISON_WORKSPACE": "poison_workspace"}
+FORCED = [{"FUSEDRNN_DOT_PROJ_ROWS": "0"},      # every input projection on the BLAS
+          {"FUSEDRNN_PANEL_MIN_ROWS": "1"},     # every step on packed panels (B >= 1)
+          {"FUSEDRNN_PANEL_MIN_ROWS": "1000"},  # every step on dot_gemm
+          {"FUSEDRNN_POISON_WORKSPACE": "1"},   # workspaces filled with NaN patterns first
+          {"FUSEDRNN_POISON_WORKSPACE": "1", "FUSEDRNN_PANEL_MIN_ROWS": "1000"}]
 
 
 @pytest.mark.parametrize("group", ["threaded", "long", "sweep_T7"])
-@pytest.mark.parametrize("knobs", FORCED,
-                         ids=["-".join(f"{k}={v}" for k, v in f.items()) for f in FORCED])
-def test_forced_kernel_paths(knobs, group, tuning, backend):
+@pytest.mark.parametrize("env", FORCED, ids=["-".join(f"{KNOB_OF_ENV[k]}={v}" for k, v in f.items())
+                                             for f in FORCED])
+def test_forced_kernel_paths(env, group, tuning, backend):
     """Re-run the threaded, long-sequence and T=7 sweep cases with the crossovers forced:
     every projection on the BLAS, every step on panels (B >= 1), every step on dot_gemm; and
     with every workspace filled with NaN patterns first (workspaces are reused between calls:
     a kernel that reads one before writing it would otherwise pass or fail by chance)."""
     if backend != "cpu":
         pytest.skip("CPU-kernel crossovers")
-    tuning.set(**knobs)
-    run_group(group, backend, f"knobs={knobs}")
+    tuning.set(**{KNOB_OF_ENV[k]: int(v) for k, v in env.items()})
+    run_group(group, backend, f"knobs={env}")
 
 
 def test_environment_variables_set_the_knobs():
