@@ -9,6 +9,11 @@ same inputs). Bounds (DESIGN.md §5):
   One float32 run alone can be exact by luck on an ill-conditioned array (H=1, or bias sums with
   cancellation); the perturbed runs sample how far float32 roundings move the result. Floor:
   4 float32 ulps of the array's scale (so the bound is never under 8 ulps).
+
+Every instruction set and forced kernel crossover re-runs a subset of these cases in this
+process, through fusedrnn._C._testing (the `tuning` fixture); the reference side of each case
+is computed once per session and reused (it does not depend on the kernel path).
+Tests take `backend` (conftest.py): inputs go through to_backend, outputs through to_numpy.
 """
 
 import itertools
@@ -21,7 +26,7 @@ import pytest
 from fusedrnn import functional as F
 from fusedrnn import reference as ref
 
-from conftest import count_config, record_error
+from conftest import count_config, record_error, to_backend, to_numpy
 
 EPS32 = np.finfo(np.float32).eps
 N_PERTURBED = 4  # perturbed input sets sampled for the float32 error scale
@@ -54,9 +59,13 @@ def cast(case, dtype):
     return {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
 
 
-def run(lib, case, lengths, reverse, training=True):
-    """Forward + backward through `lib` (functional or reference). Returns (outputs, grads)."""
-    c = case
+def run(lib, case, lengths, reverse, training=True, backend="cpu"):
+    """Forward + backward through `lib` (functional or reference). Returns (outputs, grads),
+    as NumPy arrays. Inputs go to `backend` (lengths stay host metadata, as in PyTorch)."""
+    if lib is F:
+        c = {k: to_backend(v, backend) for k, v in case.items()}
+    else:
+        c = case
     kw = dict(lengths=lengths, reverse=reverse, training=training)
     if c["mode"] == "lstm":
         y, h, cn, ctx = lib.lstm_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"],
@@ -73,7 +82,7 @@ def run(lib, case, lengths, reverse, training=True):
                                     nonlinearity=c["mode"][4:], **kw)
         outs = {"y": y, "h_n": h}
         grads = lib.rnn_backward(ctx, c["dy"], c["dh_n"]) if training else {}
-    return outs, grads
+    return ({k: to_numpy(v) for k, v in outs.items()}, {k: to_numpy(v) for k, v in grads.items()})
 
 
 def perturb(case64, prng):
@@ -95,13 +104,17 @@ def rel_err(a, b64):
     return float(np.abs(a.astype(np.float64) - b64).max() / (scale if scale > 0 else 1.0))
 
 
-def compare(case64, dtype, lengths, reverse, label, reduction_rows=0):
-    """reduction_rows: T*B of a case longer than the sweep's (T*B <= 35), whose weight
-    gradients sum that many float32 terms: the 4-ulp floor of the bound grows by
-    sqrt(reduction_rows / 64), the typical growth of a float32 sum's rounding error."""
-    nat_out, nat_grad = run(F, cast(case64, dtype), lengths, reverse)
+# The reference side of a case: (ref_out, ref_grad, float32 error scales), by case key. It does
+# not depend on the kernel path, so the forced-path re-runs below reuse it.
+_REFERENCE = {}
+
+
+def reference_side(case64, dtype, lengths, reverse, key):
+    hit = _REFERENCE.get(key)
+    if hit is not None:
+        return hit
     ref_out, ref_grad = run(ref, case64, lengths, reverse)
-    assert nat_grad.keys() == ref_grad.keys()
+    scale32 = {}
     if dtype == np.float32:
         r32 = [run(ref, cast(case64, np.float32), lengths, reverse)]
         prng = np.random.default_rng(99)
@@ -109,8 +122,26 @@ def compare(case64, dtype, lengths, reverse, label, reduction_rows=0):
             moved = perturb(case64, prng)
             r32.append(run(ref, cast(moved, np.float32), lengths, reverse))
             r32.append(run(ref, moved, lengths, reverse))
+        for i, r64 in enumerate((ref_out, ref_grad)):
+            for k in r64:
+                scale32[i, k] = max(rel_err(r[i][k], r64[k]) for r in r32)
+    _REFERENCE[key] = hit = (ref_out, ref_grad, scale32)
+    return hit
+
+
+def compare(case64, dtype, lengths, reverse, label, reduction_rows=0, backend="cpu"):
+    """reduction_rows: T*B of a case longer than the sweep's (T*B <= 35), whose weight
+    gradients sum that many float32 terms: the 4-ulp floor of the bound grows by
+    sqrt(reduction_rows / 64), the typical growth of a float32 sum's rounding error.
+    `label` names the case: with dtype, lengths and reverse it keys the reference cache."""
+    nat_out, nat_grad = run(F, cast(case64, dtype), lengths, reverse, backend=backend)
+    key = (label, np.dtype(dtype).name, None if lengths is None else tuple(lengths), reverse,
+           seed)
+    ref_out, ref_grad, scale32 = reference_side(case64, dtype, lengths, reverse, key)
+    assert nat_grad.keys() == ref_grad.keys()
     count_config(dtype)
-    for group, nat, r64 in (("out", nat_out, ref_out), ("grad", nat_grad, ref_grad)):
+    for i, (group, nat, r64) in enumerate((("out", nat_out, ref_out),
+                                           ("grad", nat_grad, ref_grad))):
         for k in r64:
             a = nat[k]
             assert a.dtype == dtype and a.shape == r64[k].shape, (k, a.dtype, a.shape)
@@ -118,10 +149,8 @@ def compare(case64, dtype, lengths, reverse, label, reduction_rows=0):
             if dtype == np.float64:
                 bound = 1e-10
             else:
-                i = 0 if group == "out" else 1
-                scale32 = max(rel_err(r[i][k], r64[k]) for r in r32)
                 floor = 4 * EPS32 * np.sqrt(max(1.0, reduction_rows / 64))
-                bound = 2 * max(scale32, floor)
+                bound = 2 * max(scale32[i, k], floor)
             record_error(dtype, f"{label} {group} {k}", err, bound)
             assert err <= bound, f"{label}: {group} {k}: error {err:.3e} > bound {bound:.3e}"
     return nat_out, nat_grad
@@ -133,146 +162,56 @@ SWEEP = list(itertools.product(CELLS, [1, 7], [1, 3, 5], [1, 17, 33], ["f32", "f
                                [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("cell,T,B,H,dt,ragged,reverse", SWEEP,
-                         ids=["-".join(map(str, p)) for p in SWEEP])
-def test_native_matches_reference(cell, T, B, H, dt, ragged, reverse):
-    dtype = np.float32 if dt == "f32" else np.float64
+def dtype_of(dt):
+    return np.float32 if dt == "f32" else np.float64
+
+
+# --- the cases (each a plain function: the forced-path tests below re-run them) -------------
+
+def case_sweep(cell, T, B, H, dt, ragged, reverse, backend="cpu"):
+    dtype = dtype_of(dt)
     I = 5  # != H everywhere in the sweep
     rng = np.random.default_rng(zlib.crc32(f"{cell}-{T}-{B}-{H}-{seed}".encode()))
     case = make_case(cell, T, B, I, H, dtype, rng)
     lengths = ragged_lengths(T, B) if ragged else None
-    out, grad = compare(case, dtype, lengths, reverse, f"{cell} T={T} B={B} H={H} {dt}")
+    out, grad = compare(case, dtype, lengths, reverse, f"{cell} T={T} B={B} H={H} {dt}",
+                        backend=backend)
     if ragged:
         for b, L in enumerate(lengths):
             assert not out["y"][L:, b].any(), "outputs past a sequence's length must be 0"
             assert not grad["x"][L:, b].any(), "dx past a sequence's length must be 0"
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dt", ["f32", "f64"])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_no_bias_no_initial_state(cell, dt, reverse):
-    dtype = np.float32 if dt == "f32" else np.float64
+def case_no_bias(cell, dt, reverse, backend="cpu"):
+    dtype = dtype_of(dt)
     rng = np.random.default_rng(7)
     case = make_case(cell, 6, 4, 3, 9, dtype, rng, bias=False, states=False)
-    _, grad = compare(case, dtype, np.array([6, 2, 6, 1]), reverse, f"{cell} no-bias {dt}")
+    _, grad = compare(case, dtype, np.array([6, 2, 6, 1]), reverse, f"{cell} no-bias {dt}",
+                      backend=backend)
     assert "bias_ih" not in grad and "bias_hh" not in grad
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_inference_equals_training_forward(cell):
-    rng = np.random.default_rng(3)
-    case = cast(make_case(cell, 9, 3, 4, 16, np.float32, rng), np.float32)
-    lengths = np.array([9, 4, 1])
-    for reverse in (False, True):
-        tr_out, _ = run(F, case, lengths, reverse, training=True)
-        inf_out, _ = run(F, case, lengths, reverse, training=False)
-        for k in tr_out:
-            np.testing.assert_array_equal(tr_out[k], inf_out[k])
-
-
-def test_inference_returns_no_context():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
-    w = lambda *s: rng.standard_normal(s).astype(np.float32)
-    *_, ctx = F.lstm_forward(x, w(8, 4), w(8, 2), training=False)
-    assert ctx is None
-    with pytest.raises(TypeError, match="ctx"):
-        F.lstm_backward(ctx, None)
-
-
-def test_backward_is_repeatable_and_matches_on_reuse():
-    """A context can be used for backward twice (no hidden state consumed)."""
-    rng = np.random.default_rng(5)
-    case = cast(make_case("gru", 5, 3, 4, 8, np.float64, rng), np.float64)
-    y, h, ctx = F.gru_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"],
-                              case["b_hh"], case["h0"])
-    g1 = F.gru_backward(ctx, case["dy"], case["dh_n"])
-    g2 = F.gru_backward(ctx, case["dy"], case["dh_n"])
-    for k in g1:
-        np.testing.assert_array_equal(g1[k], g2[k])
-
-
-def test_none_output_gradients_mean_zero():
-    rng = np.random.default_rng(6)
-    case = cast(make_case("lstm", 4, 2, 3, 5, np.float64, rng), np.float64)
-    *_, ctx = F.lstm_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
-                             case["h0"], case["c0"])
-    g_none = F.lstm_backward(ctx, None, None, None)
-    zeros = F.lstm_backward(ctx, np.zeros((4, 2, 5)), np.zeros((2, 5)), np.zeros((2, 5)))
-    for k in g_none:
-        np.testing.assert_array_equal(g_none[k], zeros[k])
-        assert not g_none[k].any()
-    g_dc = F.lstm_backward(ctx, None, None, case["dc_n"])
-    r = ref.lstm_backward(ref.lstm_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"],
-                                           case["b_hh"], case["h0"], case["c0"])[3],
-                          None, None, case["dc_n"])
-    for k in r:
-        np.testing.assert_allclose(g_dc[k], r[k], rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_thread_counts_agree(threads):
-    import fusedrnn
-    old = fusedrnn.get_num_threads()
-    try:
-        fusedrnn.set_num_threads(threads)
-        assert fusedrnn.get_num_threads() == threads
-        rng = np.random.default_rng(11)
-        case = cast(make_case("lstm", 6, 16, 32, 64, np.float64, rng), np.float64)
-        compare(case, np.float64, np.array([6, 3] * 8), False, f"lstm threads={threads}")
-    finally:
-        fusedrnn.set_num_threads(old)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dt", ["f32", "f64"])
-@pytest.mark.parametrize("ragged,reverse", [(False, False), (True, False), (True, True)])
-def test_native_threaded_time_loop(cell, dt, ragged, reverse):
+def case_threaded(cell, dt, ragged, reverse, backend="cpu"):
     """H = 70 gives two loop threads (>= 32 units each), with uneven unit and projection
-    (P = 36) blocks; the sweep above (H <= 33) runs the loop on one thread."""
+    (P = 36) blocks; the sweep (H <= 33) runs the loop on one thread."""
     import fusedrnn
-    dtype = np.float32 if dt == "f32" else np.float64
+    dtype = dtype_of(dt)
     old = fusedrnn.get_num_threads()
     try:
         fusedrnn.set_num_threads(2)
         rng = np.random.default_rng(zlib.crc32(f"threaded-{cell}-{seed}".encode()))
         case = make_case(cell, 7, 5, 9, 70, dtype, rng)
         lengths = np.array([7, 2, 1, 7, 4]) if ragged else None
-        compare(case, dtype, lengths, reverse, f"{cell} threaded {dt}")
+        compare(case, dtype, lengths, reverse, f"{cell} threaded {dt}", backend=backend)
     finally:
         fusedrnn.set_num_threads(old)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2"])
-def test_other_instruction_sets(isa):
-    """The kernels are built per instruction set and picked at run time; the suite above runs
-    the best one this CPU has. Re-run the threaded, unbiased and small sweep cases on the
-    others (FUSEDRNN_ISA forces a path; one the CPU lacks falls back, and is skipped here)."""
-    import subprocess
-    import sys
-
-    import fusedrnn
-    order = ["generic", "avx2", "avx512"]
-    if order.index(isa) > order.index(fusedrnn.config()["simd_path"]):
-        pytest.skip(f"this CPU has no {isa}")
-    env = dict(os.environ, FUSEDRNN_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "import fusedrnn; print(fusedrnn.config()"
-                            "['simd_path'])"], env=env, capture_output=True, text=True)
-    assert probe.stdout.strip() == isa, probe.stderr
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        __file__, "-k", "threaded or no_bias or (matches_reference and -7-)"],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dt", ["f32", "f64"])
-def test_long_sequence_projection_paths(cell, dt):
+def case_long(cell, dt, backend="cpu"):
     """The input projection runs on dot_gemm up to 256 T*B rows and on the BLAS above; the
     step on dot_gemm below B = 4 and on packed panels from there. T*B = 40, 120 and 320."""
     import fusedrnn
-    dtype = np.float32 if dt == "f32" else np.float64
+    dtype = dtype_of(dt)
     old = fusedrnn.get_num_threads()
     try:
         fusedrnn.set_num_threads(2)
@@ -286,38 +225,205 @@ def test_long_sequence_projection_paths(cell, dt):
                     case[k] = case[k] * (1.5 / np.sqrt(case[k].shape[1]))
             lengths = None if B == 1 else np.array([40, 23, 1, 40, 7, 40, 39, 2][:B])
             compare(case, dtype, lengths, False, f"{cell} long B={B} {dt}",
-                    reduction_rows=40 * B)
+                    reduction_rows=40 * B, backend=backend)
     finally:
         fusedrnn.set_num_threads(old)
 
 
-@pytest.mark.parametrize("env", [{"FUSEDRNN_DOT_PROJ_ROWS": "0"},
-                                 {"FUSEDRNN_PANEL_MIN_ROWS": "1"},
-                                 {"FUSEDRNN_PANEL_MIN_ROWS": "1000"},
-                                 {"FUSEDRNN_POISON_WORKSPACE": "1"},
-                                 {"FUSEDRNN_POISON_WORKSPACE": "1",
-                                  "FUSEDRNN_PANEL_MIN_ROWS": "1000"}])
-def test_forced_kernel_paths(env):
-    """Re-run the small sweep with the crossovers forced: every projection on the BLAS,
-    every step on panels (B >= 1), every step on dot_gemm; and with every workspace filled
-    with NaN patterns first (workspaces are reused between calls: a kernel that reads one
-    before writing it would otherwise pass or fail by chance)."""
+DTS = ["f32", "f64"]
+NO_BIAS = list(itertools.product(CELLS, DTS, [False, True]))
+THREADED = [(c, d, g, r) for c, d in itertools.product(CELLS, DTS)
+            for g, r in [(False, False), (True, False), (True, True)]]
+LONG = list(itertools.product(CELLS, DTS))
+# Groups of cases the forced-path tests re-run: case function and argument tuples.
+GROUPS = {
+    "sweep_T7": (case_sweep, [p for p in SWEEP if p[1] == 7]),
+    "no_bias": (case_no_bias, NO_BIAS),
+    "threaded": (case_threaded, THREADED),
+    "long": (case_long, LONG),
+}
+
+
+def run_group(group, backend, what):
+    fn, cases = GROUPS[group]
+    for args in cases:
+        try:
+            fn(*args, backend=backend)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {fn.__name__}{args}: {e}") from e
+
+
+# --- the sweep and its companions ---------------------------------------------------------------
+
+@pytest.mark.parametrize("cell,T,B,H,dt,ragged,reverse", SWEEP,
+                         ids=["-".join(map(str, p)) for p in SWEEP])
+def test_native_matches_reference(cell, T, B, H, dt, ragged, reverse, backend):
+    case_sweep(cell, T, B, H, dt, ragged, reverse, backend)
+
+
+@pytest.mark.parametrize("cell,dt,reverse", NO_BIAS)
+def test_no_bias_no_initial_state(cell, dt, reverse, backend):
+    case_no_bias(cell, dt, reverse, backend)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_equals_training_forward(cell, backend):
+    rng = np.random.default_rng(3)
+    case = cast(make_case(cell, 9, 3, 4, 16, np.float32, rng), np.float32)
+    lengths = np.array([9, 4, 1])
+    for reverse in (False, True):
+        tr_out, _ = run(F, case, lengths, reverse, training=True, backend=backend)
+        inf_out, _ = run(F, case, lengths, reverse, training=False, backend=backend)
+        for k in tr_out:
+            np.testing.assert_array_equal(tr_out[k], inf_out[k])
+
+
+def test_inference_returns_no_context(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    w = lambda *s: to_backend(rng.standard_normal(s).astype(np.float32), backend)
+    *_, ctx = F.lstm_forward(to_backend(x, backend), w(8, 4), w(8, 2), training=False)
+    assert ctx is None
+    with pytest.raises(TypeError, match="ctx"):
+        F.lstm_backward(ctx, None)
+
+
+def test_backward_is_repeatable_and_matches_on_reuse(backend):
+    """A context can be used for backward twice (no hidden state consumed)."""
+    rng = np.random.default_rng(5)
+    case = cast(make_case("gru", 5, 3, 4, 8, np.float64, rng), np.float64)
+    c = {k: to_backend(v, backend) for k, v in case.items()}
+    y, h, ctx = F.gru_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"])
+    g1 = F.gru_backward(ctx, c["dy"], c["dh_n"])
+    g2 = F.gru_backward(ctx, c["dy"], c["dh_n"])
+    for k in g1:
+        np.testing.assert_array_equal(to_numpy(g1[k]), to_numpy(g2[k]))
+
+
+def test_none_output_gradients_mean_zero(backend):
+    rng = np.random.default_rng(6)
+    case = cast(make_case("lstm", 4, 2, 3, 5, np.float64, rng), np.float64)
+    c = {k: to_backend(v, backend) for k, v in case.items()}
+    *_, ctx = F.lstm_forward(c["x"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["h0"],
+                             c["c0"])
+    g_none = F.lstm_backward(ctx, None, None, None)
+    zeros = F.lstm_backward(ctx, *(to_backend(np.zeros(s), backend)
+                                   for s in ((4, 2, 5), (2, 5), (2, 5))))
+    for k in g_none:
+        np.testing.assert_array_equal(to_numpy(g_none[k]), to_numpy(zeros[k]))
+        assert not to_numpy(g_none[k]).any()
+    g_dc = F.lstm_backward(ctx, None, None, c["dc_n"])
+    r = ref.lstm_backward(ref.lstm_forward(case["x"], case["w_ih"], case["w_hh"], case["b_ih"],
+                                           case["b_hh"], case["h0"], case["c0"])[3],
+                          None, None, case["dc_n"])
+    for k in r:
+        np.testing.assert_allclose(to_numpy(g_dc[k]), r[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_agree(threads, backend):
+    import fusedrnn
+    old = fusedrnn.get_num_threads()
+    try:
+        fusedrnn.set_num_threads(threads)
+        assert fusedrnn.get_num_threads() == threads
+        rng = np.random.default_rng(11)
+        case = cast(make_case("lstm", 6, 16, 32, 64, np.float64, rng), np.float64)
+        compare(case, np.float64, np.array([6, 3] * 8), False, f"lstm threads={threads}",
+                backend=backend)
+    finally:
+        fusedrnn.set_num_threads(old)
+
+
+@pytest.mark.parametrize("cell,dt,ragged,reverse", THREADED)
+def test_native_threaded_time_loop(cell, dt, ragged, reverse, backend):
+    case_threaded(cell, dt, ragged, reverse, backend)
+
+
+@pytest.mark.parametrize("cell,dt", LONG)
+def test_long_sequence_projection_paths(cell, dt, backend):
+    case_long(cell, dt, backend)
+
+
+# --- every kernel path, in this process ---------------------------------------------------------
+
+@pytest.mark.parametrize("group", ["threaded", "no_bias", "sweep_T7"])
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_other_instruction_sets(isa, group, tuning, backend):
+    """The kernels are built per instruction set and picked at run time; the suite above runs
+    the best one this CPU has. Re-run the threaded, unbiased and T=7 sweep cases on the others
+    (one the CPU lacks is skipped)."""
+    import fusedrnn
+    if backend != "cpu":
+        pytest.skip("instruction sets are a CPU-kernel choice")
+    if isa not in tuning.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    assert tuning.isa(isa) == isa
+    assert fusedrnn.config()["simd_path"] == isa
+    run_group(group, backend, f"isa={isa}")
+
+
+# Each forced path as the environment variables that also set it (tests/run_sanitizers.sh
+# recognises the poisoned re-runs by the parameter `env`); the test sets the knobs in-process.
+KNOB_OF_ENV = {"FUSEDRNN_DOT_PROJ_ROWS": "dot_projection_max_rows",
+               "FUSEDRNN_PANEL_MIN_ROWS": "panel_min_rows",
+               "FUSEDRNN_POISON_WORKSPACE": "poison_workspace"}
+FORCED = [{"FUSEDRNN_DOT_PROJ_ROWS": "0"},      # every input projection on the BLAS
+          {"FUSEDRNN_PANEL_MIN_ROWS": "1"},     # every step on packed panels (B >= 1)
+          {"FUSEDRNN_PANEL_MIN_ROWS": "1000"},  # every step on dot_gemm
+          {"FUSEDRNN_POISON_WORKSPACE": "1"},   # workspaces filled with NaN patterns first
+          {"FUSEDRNN_POISON_WORKSPACE": "1", "FUSEDRNN_PANEL_MIN_ROWS": "1000"}]
+
+
+@pytest.mark.parametrize("group", ["threaded", "long", "sweep_T7"])
+@pytest.mark.parametrize("env", FORCED, ids=["-".join(f"{KNOB_OF_ENV[k]}={v}" for k, v in f.items())
+                                             for f in FORCED])
+def test_forced_kernel_paths(env, group, tuning, backend):
+    """Re-run the threaded, long-sequence and T=7 sweep cases with the crossovers forced:
+    every projection on the BLAS, every step on panels (B >= 1), every step on dot_gemm; and
+    with every workspace filled with NaN patterns first (workspaces are reused between calls:
+    a kernel that reads one before writing it would otherwise pass or fail by chance)."""
+    if backend != "cpu":
+        pytest.skip("CPU-kernel crossovers")
+    tuning.set(**{KNOB_OF_ENV[k]: int(v) for k, v in env.items()})
+    run_group(group, backend, f"knobs={env}")
+
+
+def test_environment_variables_set_the_knobs():
+    """FUSEDRNN_ISA and the tuning variables still set the initial values (read at first use),
+    and a run under them is right: one small subprocess."""
+    import json
     import subprocess
     import sys
+
+    isa = "generic"
+    env = dict(os.environ, FUSEDRNN_ISA=isa, FUSEDRNN_PANEL_MIN_ROWS="1000",
+               FUSEDRNN_DOT_PROJ_ROWS="0", FUSEDRNN_POISON_WORKSPACE="1")
+    probe = ("import json, fusedrnn; t = fusedrnn._C._testing; print(json.dumps(dict("
+             "isa=t.get_isa(), path=fusedrnn.config()['simd_path'], "
+             "knobs={n: t.get_tuning(n) for n in t.tuning_info()})))")
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["isa"] == got["path"] == isa
+    assert got["knobs"] == {"panel_min_rows": 1000, "dot_projection_max_rows": 0,
+                            "poison_workspace": 1}
+    # The variables drive the kernels: a few sweep cases under them, in that process.
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        __file__, "-k", "threaded or long_sequence or (matches_reference and -7-)"],
-                       env=dict(os.environ, **env), capture_output=True, text=True)
+                        __file__, "-k", "matches_reference and (lstm-7-3-17 or gru_v1-7-5-33)"],
+                       env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "16 passed," in r.stdout, r.stdout[-2000:]  # f32 and f64 of each
 
 
-def test_release_workspaces_keeps_results():
+def test_release_workspaces_keeps_results(backend):
     """Workspaces are reused between calls; releasing them changes nothing but memory."""
     import fusedrnn
     rng = np.random.default_rng(5)
     case = cast(make_case("lstm", 6, 3, 7, 40, np.float32, rng), np.float32)
-    first = run(F, case, None, False)
+    first = run(F, case, None, False, backend=backend)
     fusedrnn.release_workspaces()
-    again = run(F, case, None, False)
+    again = run(F, case, None, False, backend=backend)
     for a, b in zip(first, again):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])

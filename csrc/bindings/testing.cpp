@@ -1,40 +1,261 @@
-// Private test hooks (fusedrnn._C._testing): not part of the API.
+// fusedrnn._C._testing: private hooks for the test suite. Not a public API; may change freely.
+//
+// * Tuning knobs (cpu/tuning.h) and the kernels' instruction set, settable at run time, so the
+//   tests force every kernel path inside one process (the environment variables
+//   FUSEDRNN_PANEL_MIN_ROWS, FUSEDRNN_DOT_PROJ_ROWS, FUSEDRNN_POISON_WORKSPACE and FUSEDRNN_ISA
+//   still give the initial values). Change them only while no call is running: each call reads
+//   each knob once at its start (cpu/tuning.h).
+// * The cells' math (cells/*.h), elementwise over arrays, through visit_cell so every kind is
+//   reachable: tests/test_cells.py checks each header against fusedrnn.reference.
+// * The float32 activations (cells/activations.h), elementwise: tests/test_activations.py.
+// The hooks run the generic (baseline) build of the cell code; the per-ISA copies compile the
+// same source.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "cells/activations.h"
+#include "core/registry.h"
+#include "cpu/tuning.h"
+#include "fusedrnn/api.h"
+#include "fusedrnn/check.h"
 
 namespace py = pybind11;
 
 namespace fusedrnn {
 namespace bind {
+using fusedrnn::CellKind;
 
 namespace {
-// The float activations the kernels use (generic build), elementwise.
+
+fusedrnn::Tuning knob_of(const std::string& name) {
+  for (int k = 0; k < int(fusedrnn::Tuning::kCount); ++k)
+    if (name == fusedrnn::g_tuning[k].name) return fusedrnn::Tuning(k);
+  std::string names;
+  for (int k = 0; k < int(fusedrnn::Tuning::kCount); ++k)
+    names += (k ? ", '" : "'") + std::string(fusedrnn::g_tuning[k].name) + "'";
+  throw std::invalid_argument(fusedrnn::concat("unknown tuning knob '", name, "': expected ",
+                                               names));
+}
+
+int64_t get_tuning(const std::string& name) { return fusedrnn::tuning(knob_of(name)); }
+
+int64_t set_tuning(const std::string& name, int64_t value) {
+  const fusedrnn::Tuning k = knob_of(name);
+  fusedrnn::TuningKnob& t = fusedrnn::g_tuning[int(k)];
+  FUSEDRNN_CHECK(value >= t.lo && value <= t.hi, "tuning knob '", name, "' must be in [", t.lo,
+                 ", ", t.hi, "], got ", value);
+  const int64_t old = fusedrnn::tuning(k);
+  t.value.store(value, std::memory_order_relaxed);
+  return old;
+}
+
+py::dict tuning_info() {
+  py::dict d;
+  for (int k = 0; k < int(fusedrnn::Tuning::kCount); ++k) {
+    const fusedrnn::TuningKnob& t = fusedrnn::g_tuning[k];
+    d[t.name] = py::dict(py::arg("value") = fusedrnn::tuning(fusedrnn::Tuning(k)),
+                         py::arg("default") = t.fallback,
+                         py::arg("env") = t.env,
+                         py::arg("from_env") = fusedrnn::tuning_from_env(fusedrnn::Tuning(k)),
+                         py::arg("min") = t.lo, py::arg("max") = t.hi);
+  }
+  return d;
+}
+
+// Test hook: the float activations the kernels use (generic build), elementwise.
 py::array_t<float> activation(const std::string& name,
                               py::array_t<float, py::array::c_style | py::array::forcecast> x) {
   auto out = py::array_t<float>(x.size());
   const float* in = x.data();
   float* o = out.mutable_data();
   if (name == "exp") {
-    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = exp_fast(in[i]);
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::exp_fast(in[i]);
   } else if (name == "sigmoid") {
-    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = sigmoid(in[i]);
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::sigmoid(in[i]);
   } else if (name == "tanh") {
-    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = tanh_(in[i]);
+    for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fusedrnn::tanh_(in[i]);
   } else {
     throw std::invalid_argument("name must be 'exp', 'sigmoid' or 'tanh'");
   }
   return out;
 }
+
+// ---- Cells, elementwise ------------------------------------------------------------------
+
+template <class T>
+using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+CellKind kind_arg(int kind) {
+  FUSEDRNN_CHECK(fusedrnn::valid_cell_kind(kind), "unknown cell kind ", kind);
+  return CellKind(kind);
+}
+
+// An (n,) array of T, or zeros when `obj` is None.
+template <class T>
+Arr<T> vec_arg(py::handle obj, py::ssize_t n, const char* name) {
+  if (obj.is_none()) {
+    Arr<T> z(n);
+    std::fill(z.mutable_data(), z.mutable_data() + n, T(0));
+    return z;
+  }
+  Arr<T> a = py::cast<Arr<T>>(obj);
+  FUSEDRNN_CHECK(a.ndim() == 1 && a.shape(0) == n, name, " must have shape (", n, ",)");
+  return a;
+}
+
+template <class T>
+Arr<T> mat_arg(py::handle obj, py::ssize_t rows, py::ssize_t cols, const char* name) {
+  Arr<T> a = py::cast<Arr<T>>(obj);
+  FUSEDRNN_CHECK(a.ndim() == 2 && a.shape(0) == rows && a.shape(1) == cols, name,
+                 " must have shape (", rows, ", ", cols, ")");
+  return a;
+}
+
+// (out, c' (None without a cell state), saved (S, n): element i's saved value s at [s, i]
+// (stride n, like the driver's stride H), r h as gates() returned it (None but for GruV1)). GruV1 runs both
+// phases: gates(ax, ah, h_prev), then forward with ah[:, 2] as W_hn (r h) + b_hn.
+template <class T>
+py::tuple cell_forward_typed(CellKind kind, py::handle ax_, py::handle ah_, py::handle h_,
+                             py::handle c_) {
+  const auto info = fusedrnn::cell_info(kind);
+  const int G = info.gates, S = info.saved;
+  Arr<T> ax0 = py::cast<Arr<T>>(ax_);
+  FUSEDRNN_CHECK(ax0.ndim() == 2, "ax must be (n, G)");
+  const py::ssize_t n = ax0.shape(0);
+  Arr<T> ax = mat_arg<T>(ax_, n, G, "ax"), ah = mat_arg<T>(ah_, n, G, "ah");
+  Arr<T> hp = vec_arg<T>(h_, n, "h_prev"), c0 = vec_arg<T>(c_, n, "c");
+  Arr<T> out(n), c(n), saved(std::vector<py::ssize_t>{S, n}), rh(n);
+  // NaN first: a saved slot the cell does not write stays NaN, and the tests see it.
+  std::fill(saved.mutable_data(), saved.mutable_data() + S * n,
+            std::numeric_limits<T>::quiet_NaN());
+  const T *pax = ax.data(), *pah = ah.data(), *php = hp.data(), *pc0 = c0.data();
+  T *po = out.mutable_data(), *pc = c.mutable_data(), *psv = saved.mutable_data(),
+    *prh = rh.mutable_data();
+  fusedrnn::visit_cell(kind, [&](auto cell) {
+    using Cell = decltype(cell);
+    for (py::ssize_t i = 0; i < n; ++i) {
+      T cj = pc0[i];
+      if constexpr (Cell::kTwoPhase)
+        prh[i] = Cell::gates(pax + i * G, pah + i * G, php[i], psv + i, long(n));
+      po[i] = Cell::forward(pax + i * G, pah + i * G, php[i], cj, psv + i, long(n));
+      pc[i] = cj;
+    }
+    return 0;
+  });
+  return py::make_tuple(out, info.cell_state ? py::object(c) : py::none(), saved,
+                        kind == CellKind::GruV1 ? py::object(rh) : py::none());
+}
+
+// dax (n, G), dah (n, G): d(input pre-activations) and d(recurrent pre-activations) as the
+// driver uses them (dah = dax for cells without a split gradient), dc_prev (n,), dh_direct
+// (n,). GruV1 runs both phases: backward, then backward_reset with drh = d(r h) (zeros when
+// None), which gives dax[:, 0] and adds the r h path to dh_direct.
+template <class T>
+py::tuple cell_backward_typed(CellKind kind, py::handle saved_, py::handle dout_, py::handle h_,
+                              py::handle dc_, py::handle drh_) {
+  const auto info = fusedrnn::cell_info(kind);
+  const int G = info.gates, S = info.saved;
+  Arr<T> dout0 = py::cast<Arr<T>>(dout_);
+  FUSEDRNN_CHECK(dout0.ndim() == 1, "dout must be (n,)");
+  const py::ssize_t n = dout0.shape(0);
+  Arr<T> sv = mat_arg<T>(saved_, S, n, "saved");
+  Arr<T> hp = vec_arg<T>(h_, n, "h_prev"), dc0 = vec_arg<T>(dc_, n, "dc"),
+         drh = vec_arg<T>(drh_, n, "drh");
+  Arr<T> dax(std::vector<py::ssize_t>{n, G}), dah(std::vector<py::ssize_t>{n, G}), dc(n),
+      dh(n);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::fill(dax.mutable_data(), dax.mutable_data() + n * G, nan);
+  std::fill(dah.mutable_data(), dah.mutable_data() + n * G, nan);
+  const T *psv = sv.data(), *pdo = dout0.data(), *php = hp.data(), *pdc0 = dc0.data(),
+          *pdrh = drh.data();
+  T *pdax = dax.mutable_data(), *pdah = dah.mutable_data(), *pdc = dc.mutable_data(),
+    *pdh = dh.mutable_data();
+  fusedrnn::visit_cell(kind, [&](auto cell) {
+    using Cell = decltype(cell);
+    for (py::ssize_t i = 0; i < n; ++i) {
+      T dcj = pdc0[i], direct;
+      T* dx = pdax + i * G;
+      T* dr = pdah + i * G;
+      Cell::backward(psv + i, long(n), pdo[i], php[i], dcj, dx, dr, direct);
+      if constexpr (Cell::kTwoPhase)
+        Cell::backward_reset(psv + i, long(n), pdrh[i], php[i], dx[0], direct);
+      if constexpr (!Cell::kSplitGrad)
+        for (int g = 0; g < G; ++g) dr[g] = dx[g];
+      pdc[i] = dcj;
+      pdh[i] = direct;
+    }
+    return 0;
+  });
+  return py::make_tuple(dax, dah, info.cell_state ? py::object(dc) : py::none(), dh);
+}
+
+bool is_float64(py::handle a) {
+  py::array arr = py::array::ensure(a);
+  FUSEDRNN_CHECK(arr, "expected an array");
+  const py::dtype dt = arr.dtype();
+  if (dt.equal(py::dtype::of<double>())) return true;
+  FUSEDRNN_CHECK(dt.equal(py::dtype::of<float>()), "expected float32 or float64, got ",
+                 py::str(dt).cast<std::string>());
+  return false;
+}
+
+py::tuple cell_forward(int kind, py::handle ax, py::handle ah, py::handle h_prev, py::handle c) {
+  const CellKind k = kind_arg(kind);
+  return is_float64(ax) ? cell_forward_typed<double>(k, ax, ah, h_prev, c)
+                        : cell_forward_typed<float>(k, ax, ah, h_prev, c);
+}
+
+py::tuple cell_backward(int kind, py::handle saved, py::handle dout, py::handle h_prev,
+                        py::handle dc, py::handle drh) {
+  const CellKind k = kind_arg(kind);
+  return is_float64(dout) ? cell_backward_typed<double>(k, saved, dout, h_prev, dc, drh)
+                          : cell_backward_typed<float>(k, saved, dout, h_prev, dc, drh);
+}
+
+py::dict cell_info(int kind) {
+  const auto info = fusedrnn::cell_info(kind_arg(kind));
+  py::dict d;
+  d["name"] = info.name;
+  d["gates"] = info.gates;
+  d["saved"] = info.saved;
+  d["cell_state"] = info.cell_state;
+  return d;
+}
+
 }  // namespace
 
 void register_testing(py::module_& m) {
-  py::module_ t = m.def_submodule("_testing", "Private test hooks.");
-  t.def("activation", &activation, py::arg("name"), py::arg("x"));
-  m.attr("_activation") = t.attr("activation");
+  py::module_ t = m.def_submodule(
+      "_testing", "Private test hooks: tuning knobs, instruction set, cell math. Not an API.");
+  t.def("get_tuning", &get_tuning, py::arg("name"),
+        "The knob's current value ('panel_min_rows', 'dot_projection_max_rows', "
+        "'poison_workspace').");
+  t.def("set_tuning", &set_tuning, py::arg("name"), py::arg("value"),
+        "Sets a knob for every later call; returns the old value. Only while no call runs.");
+  t.def("tuning_info", &tuning_info, "Every knob: value, default, env variable and range.");
+  t.def("get_isa", &fusedrnn::simd_path, "The kernels' instruction set now in use.");
+  t.def("set_isa", &fusedrnn::set_simd_path, py::arg("name"),
+        "Switches the kernels to 'generic', 'avx2' or 'avx512' (ValueError if unknown or "
+        "not supported here); returns the path now in use. Only while no call runs.");
+  t.def("supported_isas", &fusedrnn::simd_paths_supported,
+        "The instruction sets this CPU and build support, best last.");
+  t.def("activation", &activation, py::arg("name"), py::arg("x"),
+        "The kernels' float32 exp/sigmoid/tanh (generic build), elementwise.");
+  t.def("cell_info", &cell_info, py::arg("kind"));
+  t.def("cell_forward", &cell_forward, py::arg("kind"), py::arg("ax"), py::arg("ah"),
+        py::arg("h_prev") = py::none(), py::arg("c") = py::none(),
+        "One cell header's forward over (n, G) pre-activations: (out, c' or None, "
+        "saved (S, n), r h or None).");
+  t.def("cell_backward", &cell_backward, py::arg("kind"), py::arg("saved"), py::arg("dout"),
+        py::arg("h_prev") = py::none(), py::arg("dc") = py::none(), py::arg("drh") = py::none(),
+        "One cell header's backward: (dax (n, G), dah (n, G), dc_prev or None, dh_direct).");
+  // Old name of the activation hook, kept while module.cpp does not define it.
+  if (!py::hasattr(m, "_activation")) m.attr("_activation") = t.attr("activation");
 }
 
 }  // namespace bind

@@ -1,7 +1,9 @@
 // Picks the instruction set of the CPU kernels at run time: the package may be built on one
 // x86-64 machine and run on another. FUSEDRNN_ISA=generic|avx2|avx512 in the environment
-// forces a path the CPU supports (the tests run every path this way).
+// forces a path the CPU supports; set_simd_path (fusedrnn._C._testing.set_isa) switches it at
+// run time (the tests run every path this way).
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "core/registry.h"
+#include "cpu/tuning.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
@@ -47,35 +50,69 @@ Isa best_supported() {
   return Isa::Generic;
 }
 
-Isa choose() {
-  const Isa best = best_supported();
-  const char* env = std::getenv("FUSEDRNN_ISA");
-  if (!env || !*env) return best;
-  Isa want = Isa::Generic;
-  if (!std::strcmp(env, "avx512")) want = Isa::Avx512;
-  else if (!std::strcmp(env, "avx2")) want = Isa::Avx2;
-  else if (std::strcmp(env, "generic")) return best;  // unknown value: ignore
-  return want <= best ? want : best;                  // never a path the CPU lacks
+Isa parse_isa(const char* name, bool& known) {
+  known = true;
+  if (!std::strcmp(name, "avx512")) return Isa::Avx512;
+  if (!std::strcmp(name, "avx2")) return Isa::Avx2;
+  if (!std::strcmp(name, "generic")) return Isa::Generic;
+  known = false;
+  return Isa::Generic;
 }
 
-const Isa g_isa = choose();
-
-}  // namespace
-
-std::string simd_path() {
-  switch (g_isa) {
+const char* isa_name(Isa isa) {
+  switch (isa) {
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "generic";
   }
 }
 
+Isa choose() {
+  const Isa best = best_supported();
+  const char* env = std::getenv("FUSEDRNN_ISA");
+  if (!env || !*env) return best;
+  bool known;
+  const Isa want = parse_isa(env, known);
+  if (!known) return best;                // unknown value: ignore
+  return want <= best ? want : best;      // never a path the CPU lacks
+}
+
+// The path in use: FUSEDRNN_ISA or the best, then set_simd_path (tests). Each layer pass
+// reads it once (cpu/tuning.h has the safety rule).
+std::atomic<Isa> g_isa{choose()};
+
+Isa current_isa() { return g_isa.load(std::memory_order_relaxed); }
+
+}  // namespace
+
+std::string simd_path() { return isa_name(current_isa()); }
+
+std::vector<std::string> simd_paths_supported() {
+  std::vector<std::string> out;
+  for (Isa i = Isa::Generic; i <= best_supported(); i = Isa(int(i) + 1)) out.push_back(isa_name(i));
+  return out;
+}
+
+std::string set_simd_path(const std::string& name) {
+  bool known;
+  const Isa want = parse_isa(name.c_str(), known);
+  if (!known)
+    throw std::invalid_argument(concat("unknown instruction set '", name,
+                                       "': expected 'generic', 'avx2' or 'avx512'"));
+  if (want > best_supported())
+    throw std::invalid_argument(concat("this CPU (or this build) has no '", name,
+                                       "' path; best is '", isa_name(best_supported()), "'"));
+  g_isa.store(want, std::memory_order_relaxed);
+  return simd_path();
+}
+
 template <class T>
 void layer_forward(CellKind kind, const ForwardParams<T>& p) {
+  const Isa isa = current_isa();
   run_parallel_work([&] {
 #if FUSEDRNN_X86_ISAS
-    if (g_isa == Isa::Avx512) return isa_avx512::layer_forward_isa<T>(kind, p);
-    if (g_isa == Isa::Avx2) return isa_avx2::layer_forward_isa<T>(kind, p);
+    if (isa == Isa::Avx512) return isa_avx512::layer_forward_isa<T>(kind, p);
+    if (isa == Isa::Avx2) return isa_avx2::layer_forward_isa<T>(kind, p);
 #endif
     return isa_generic::layer_forward_isa<T>(kind, p);
   });
@@ -83,20 +120,21 @@ void layer_forward(CellKind kind, const ForwardParams<T>& p) {
 
 template <class T>
 void layer_backward(CellKind kind, const BackwardParams<T>& p) {
+  const Isa isa = current_isa();
   run_parallel_work([&] {
 #if FUSEDRNN_X86_ISAS
-    if (g_isa == Isa::Avx512) return isa_avx512::layer_backward_isa<T>(kind, p);
-    if (g_isa == Isa::Avx2) return isa_avx2::layer_backward_isa<T>(kind, p);
+    if (isa == Isa::Avx512) return isa_avx512::layer_backward_isa<T>(kind, p);
+    if (isa == Isa::Avx2) return isa_avx2::layer_backward_isa<T>(kind, p);
 #endif
     return isa_generic::layer_backward_isa<T>(kind, p);
   });
 }
 
 namespace {
-uint64_t stamp_chunk(const void* data, size_t bytes) {
+uint64_t stamp_chunk(Isa isa, const void* data, size_t bytes) {
 #if FUSEDRNN_X86_ISAS
-  if (g_isa == Isa::Avx512) return isa_avx512::stamp_chunk_isa(data, bytes);
-  if (g_isa == Isa::Avx2) return isa_avx2::stamp_chunk_isa(data, bytes);
+  if (isa == Isa::Avx512) return isa_avx512::stamp_chunk_isa(data, bytes);
+  if (isa == Isa::Avx2) return isa_avx2::stamp_chunk_isa(data, bytes);
 #endif
   return isa_generic::stamp_chunk_isa(data, bytes);
 }
@@ -111,12 +149,13 @@ void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint
     for (size_t off = 0; off == 0 || off < bytes[a]; off += kChunk) chunks.push_back({a, off});
   const int64_t nc = int64_t(chunks.size());
   std::vector<uint64_t> hashes(nc);
+  const Isa isa = current_isa();
   run_parallel_work([&] {
 #pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (nc > 1)
     for (int64_t c = 0; c < nc; ++c) {
       const size_t a = chunks[c].first, off = chunks[c].second;
       const size_t len = std::min(kChunk, bytes[a] - off);
-      hashes[c] = stamp_chunk(static_cast<const unsigned char*>(data[a]) + off, len);
+      hashes[c] = stamp_chunk(isa, static_cast<const unsigned char*>(data[a]) + off, len);
     }
   });
   for (size_t a = 0; a < n; ++a) out[a] = 0;

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/tuning.h"
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
@@ -17,29 +18,16 @@ FUSEDRNN_ISA_BEGIN
 namespace cpu {
 
 constexpr int kLanes = 16;
-// An integer tuning knob: the environment variable `name` if set (at least lo), else fallback.
-// Read once per process; for measuring a crossover on a new machine.
-inline int64_t env_knob(const char* name, int64_t fallback, int64_t lo) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::max<int64_t>(lo, std::atoll(e)) : fallback;
-}
 
 // From this many batch rows the step runs on packed panels; below, it is a GEMV bound by
-// reading W_hh, done in place by dot_gemm (dotkernel.h) with nothing packed.
-// FUSEDRNN_PANEL_MIN_ROWS overrides it.
-constexpr int64_t kPanelMinRows = 4;
-inline int64_t panel_min_rows() {
-  static const int64_t v = env_knob("FUSEDRNN_PANEL_MIN_ROWS", kPanelMinRows, 1);
-  return v;
-}
+// reading W_hh, done in place by dot_gemm (dotkernel.h) with nothing packed. Default 4; the
+// knob panel_min_rows (FUSEDRNN_PANEL_MIN_ROWS, or set at run time: cpu/tuning.h). Callers
+// read it once per call and plan from that value.
+inline int64_t panel_min_rows() { return tuning(Tuning::PanelMinRows); }
 
 // Up to this many T*B rows the forward's input projection runs on dot_gemm rather than the
-// BLAS; FUSEDRNN_DOT_PROJ_ROWS overrides it.
-constexpr int64_t kDotProjMaxRows = 256;
-inline int64_t dot_projection_max_rows() {
-  static const int64_t v = env_knob("FUSEDRNN_DOT_PROJ_ROWS", kDotProjMaxRows, 0);
-  return v;
-}
+// BLAS. Default 256; the knob dot_projection_max_rows (FUSEDRNN_DOT_PROJ_ROWS: cpu/tuning.h).
+inline int64_t dot_projection_max_rows() { return tuning(Tuning::DotProjMaxRows); }
 
 // Panels needed for n rows.
 inline int64_t panel_count(int64_t n) { return (n + kLanes - 1) / kLanes; }

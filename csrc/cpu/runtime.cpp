@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/tuning.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
 
@@ -172,16 +173,11 @@ const int g_atfork_registered = [] {
 }();
 }  // namespace
 
-// FUSEDRNN_POISON_WORKSPACE=1 fills every workspace with NaN bit patterns before use, so that
-// a kernel reading workspace it did not write fails the tests deterministically (a reused
-// buffer holds whatever the last call left; a fresh one, zeros).
-static bool poison_workspace() {
-  static const bool v = [] {
-    const char* e = std::getenv("FUSEDRNN_POISON_WORKSPACE");
-    return e && *e && *e != '0';
-  }();
-  return v;
-}
+// FUSEDRNN_POISON_WORKSPACE=1 (or the knob poison_workspace, cpu/tuning.h) fills every
+// workspace with NaN bit patterns before use, so that a kernel reading workspace it did not
+// write fails the tests deterministically (a reused buffer holds whatever the last call left;
+// a fresh one, zeros). Read once per buffer.
+static bool poison_workspace() { return tuning(Tuning::PoisonWorkspace) != 0; }
 
 static void* poisoned(void* p, size_t bytes) {
   if (poison_workspace()) std::memset(p, 0xff, bytes);
