@@ -739,7 +739,8 @@ def t_stack(fz, d, rng):
 
 MOD_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 BAD_CTOR = {"input_size": (0, -1, 2.5, "3", None, True), "hidden_size": (0, -3, 1.0, None),
-            "num_layers": (0, -2, 1.0, None), "dropout": (-0.1, 1.0, np.nan, "0.1", None),
+            # dropout=1.0 is accepted, as by torch.nn (python/fusedrnn/spec.py)
+            "num_layers": (0, -2, 1.0, None), "dropout": (-0.1, 1.5, np.nan, "0.1", None),
             "proj_size": (-1, 10**6, 1.5), "nonlinearity": ("sigmoid", None),
             "dtype": ("float16", np.int32, "complex64", "abc", object), "seed": ("abc", 1.5)}
 

@@ -35,8 +35,7 @@ from fusedrnn import _C
 from fusedrnn import reference as ref
 
 T = _C._testing
-KINDS = {"rnn_tanh": _C.KIND_RNN_TANH, "rnn_relu": _C.KIND_RNN_RELU, "lstm": _C.KIND_LSTM,
-         "gru": _C.KIND_GRU, "gru_v1": _C.KIND_GRU_V1}
+KINDS = {name: info["kind"] for name, info in _C.CELLS.items()}
 DTYPES = {"f64": np.float64, "f32": np.float32}
 
 
@@ -403,6 +402,6 @@ def test_hooks_reject_bad_arguments():
     with pytest.raises(ValueError, match="unknown cell kind"):
         T.cell_forward(99, np.zeros((1, 1)), np.zeros((1, 1)))
     with pytest.raises(ValueError, match="shape"):
-        T.cell_forward(_C.KIND_LSTM, np.zeros((2, 3)), np.zeros((2, 3)))
+        T.cell_forward(KINDS['lstm'], np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="float32 or float64"):
-        T.cell_forward(_C.KIND_GRU, np.zeros((2, 3), np.int32), np.zeros((2, 3)))
+        T.cell_forward(KINDS['gru'], np.zeros((2, 3), np.int32), np.zeros((2, 3)))

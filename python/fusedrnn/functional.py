@@ -211,9 +211,15 @@ def stack_backward(ctx: StackContext, dy: Optional[Array] = None,
     Returns ``(dx, dh0, dc0, grads)`` with ``grads`` keyed by PyTorch's parameter names. When a
     ``grads`` dict of C-contiguous arrays is passed, gradients are *added* into it in place
     (accumulation across calls) and that dict is returned."""
-    if not isinstance(ctx, StackContext):
+    if not isinstance(ctx, StackContext) or ctx.layer:
+        what = "a single-layer forward's context" if isinstance(ctx, StackContext) else \
+            type(ctx).__name__
         raise TypeError("stack_backward: ctx must be the context returned by stack_forward with "
-                        f"training=True, got {type(ctx).__name__}")
+                        f"training=True, got {what}")
+    return _stack_backward(ctx, dy, dh_n, dc_n, grads)
+
+
+def _stack_backward(ctx, dy, dh_n, dc_n, grads):
     if ctx.reserve is None:
         raise RuntimeError("stack_backward: this context's arrays were released "
                            "(release_arrays) and not restored")
@@ -249,7 +255,7 @@ def _layer_backward(ctx, fn, modes, dy, dh_n, dc_n):
                         f"training=True, got {type(ctx).__name__}")
     if ctx.mode not in modes:
         raise ValueError(f"{fn}: ctx comes from a {ctx.mode!r} forward, expected one of {modes}")
-    dx, dh0, dc0, g = stack_backward(ctx, dy, dh_n, dc_n)
+    dx, dh0, dc0, g = _stack_backward(ctx, dy, dh_n, dc_n, None)
     out = {"x": dx, "h0": dh0}
     if dc0 is not None:
         out["c0"] = dc0
