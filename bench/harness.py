@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""fusedrnn benchmark harness (DESIGN.md §6): fusedrnn vs PyTorch CPU, ONNX Runtime CPU and the
+"""fusedrnn benchmark harness (docs/design.md §7): fusedrnn vs PyTorch CPU, ONNX Runtime CPU and the
 NumPy reference on the same weights and inputs, at 1 and 2 threads, in one command.
 
 Peers (one configuration at a time, each peer's calls in one block -- see

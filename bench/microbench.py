@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""fusedrnn microbenchmark: one LSTM / GRU layer, forward and forward+backward (DESIGN.md §6).
+"""fusedrnn microbenchmark: one LSTM / GRU layer, forward and forward+backward (docs/design.md §7).
 
 Peers, measured side by side in the same run, one configuration at a time (each peer's calls
 in one block, with a pause between blocks so that idle OpenMP/OpenBLAS threads of one library

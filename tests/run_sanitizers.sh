@@ -243,10 +243,11 @@ else
   # fuzzer of the public API (its driver runs in a subprocess, which inherits the set-up). The
   # native sweep runs its T=7 half (all cells, batch and hidden sizes, dtypes, ragged lengths,
   # directions); the threaded, long-sequence, forced-kernel-path and other-instruction-set
-  # tests run whole (the last two in subprocesses too), but for the poisoned re-runs. The
+  # tests run whole (in process, through the test hooks), but for the poisoned re-runs. The
   # reliability tests run but for two that measure the process itself: resident memory
   # (ASan's quarantine of freed memory inflates it) and a 1024-thread team.
   args=(tests/test_native.py tests/test_bad_input.py tests/test_activations.py
+        tests/test_boundary.py tests/test_cells.py tests/test_threads.py
         tests/test_modules.py tests/test_nn_optim.py tests/test_reliability.py
         tests/test_fuzz.py)
   if [[ $torch == 1 ]]; then args+=(tests/test_torch_adapter.py); fi

@@ -1,8 +1,8 @@
 """Checks of the pure-NumPy reference (``python/fusedrnn/reference.py``), the package's spec.
 
-* Gradients of every single-layer cell (DESIGN.md §2) and of whole stacks (layers x directions,
+* Gradients of every single-layer cell (docs/design.md §2) and of whole stacks (layers x directions,
   ``batch_first``, lengths, dropout masks) against central finite differences in float64:
-  ``max|g_fd - g| / max(max|g|, 1e-8) <= 1e-6`` for every gradient array (DESIGN.md §5).
+  ``max|g_fd - g| / max(max|g|, 1e-8) <= 1e-6`` for every gradient array (docs/design.md §7).
 * Masking: outputs and ``dx`` past each sequence's length are exactly zero, and ``h_n`` is the
   output at the last valid step (forward) or at time 0 (reverse).
 * Parity with ``torch.nn.RNN/LSTM/GRU`` in float64 (weights loaded by name through
@@ -42,7 +42,7 @@ FD_EPS = 1e-6
 FD_TOL = 1e-6
 TORCH_TOL = 1e-10
 
-# Cells of DESIGN.md §2: (mode, projection?, reset_after).
+# Cells of docs/design.md §2: (mode, projection?, reset_after).
 CELLS = {
     "rnn_tanh": ("rnn_tanh", False, True),
     "rnn_relu": ("rnn_relu", False, True),

@@ -1,5 +1,5 @@
 #pragma once
-// The bulk part of one layer's backward, after the time loop (DESIGN.md §4, §7): dX and the
+// The bulk part of one layer's backward, after the time loop (docs/design.md §3.4, §4): dX and the
 // weight and bias gradients as GEMMs over all T*B rows at once, written once for every backend.
 // A backend passes its own products (the CPU its threaded BLAS wrappers, a CUDA driver cuBLAS
 // on its stream); the recipe decides only which products, on which buffers, in which order.

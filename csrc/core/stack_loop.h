@@ -1,5 +1,5 @@
 #pragma once
-// The stack loop every backend shares (DESIGN.md §2 "Layers"): layers x directions over a
+// The stack loop every backend shares (docs/design.md §2 "Layers"): layers x directions over a
 // backend's one-layer kernels. Layer l > 0 reads the previous layer's (T, B, D*R) output; the
 // directions of one layer write interleaved column blocks of it; dropout (training) multiplies
 // every layer's output but the last by keep/(1-p). Training state lives in the caller's

@@ -1,6 +1,6 @@
 #pragma once
 // Which time each sequence processes at each step, and where a unit's gate pre-activations
-// come from: backend-neutral, host and device (DESIGN.md §7).
+// come from: backend-neutral, host and device (docs/design.md §3.4).
 //
 // Every array indexed by time (x, y, saved values, dXP, ...) uses row te*B + b. At step s
 // sequence b is active iff s < L_b and then processes time te = s (forward direction) or

@@ -1,7 +1,7 @@
 #pragma once
 // CPU driver for one layer and one direction, generic over the cell (csrc/cells/*.h).
 //
-// Structure (DESIGN.md §4), as phases a CUDA driver mirrors:
+// Structure (docs/design.md §4), as phases a CUDA driver mirrors:
 //   forward:  plan; carve the scratch; then in one persistent OpenMP region, per thread:
 //               pack its W_hh rows, project the inputs (XP = X W_ih^T + b_ih, all T*B rows),
 //               and per step: recurrent GEMM (HP = h W_hh^T, its units) [two-phase GRU: r and z,

@@ -1,5 +1,5 @@
 #pragma once
-// The one door to the BLAS (DESIGN.md §4): swap the implementation here to change BLAS.
+// The one door to the BLAS (docs/design.md §4): swap the implementation here to change BLAS.
 // Row-major. Sizes must fit the BLAS integer (checked by the bindings).
 #include <cstdint>
 

@@ -5,7 +5,7 @@ C++ cell headers in ``csrc/cells``), explicit loops over time, float64 by defaul
 accepted and computed in float32, which is how the float32 error bounds of the native kernels
 are derived).
 
-Conventions (DESIGN.md §2), identical to ``torch.nn.RNN/LSTM/GRU``:
+Conventions (docs/design.md §2), identical to ``torch.nn.RNN/LSTM/GRU``:
 
 * ``x``: ``(T, B, I)``; ``W_ih``: ``(G*H, I)``; ``W_hh``: ``(G*H, R)``; biases ``(G*H,)``, where
   ``G`` is 1 (RNN), 4 (LSTM, gate rows i, f, g, o) or 3 (GRU, gate rows r, z, n) and ``R`` is the
