@@ -675,7 +675,8 @@ def benchmark_all(args, all_cases, sgemm):
           f"faster of torch and ort; %sgemm: fusedrnn forward GFLOP/s / SGEMM GFLOP/s "
           f"(B>={SGEMM_MIN_B});\ntarget: the issue's ratio (inference vs best, training vs torch), "
           f"'!' = missed; ceil: the ratio at the SGEMM rate (no kernel can pass it);\n"
-          f"W GB/s (B<=4): recurrent weights read per step plus W_ih once, per second;\nother: cores busy with other processes (or stolen by the host) "
+          f"W GB/s (B<=4): recurrent weights read per step plus W_ih once, per second;\n"
+          f"other: cores busy with other processes (or stolen by the host) "
           f"while the row was timed -- near 0 for trustworthy numbers\n")
     print(table_header(), flush=True)
     rows = []

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import microbench as mb  # noqa: E402  (shared environment facts, timing and JSON helpers)
@@ -40,7 +39,7 @@ def parse_args(argv=None):
 
 
 def build(args, cell):
-    np, fusedrnn, torch = mb.np, mb.fusedrnn, mb.torch
+    np, fusedrnn = mb.np, mb.fusedrnn
     H, B, T = args.hidden, args.batch, args.seq_len
     cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
     ours = cls(H, H, num_layers=args.layers, bidirectional=not args.unidirectional, seed=0)
@@ -60,7 +59,6 @@ def build(args, cell):
 def runners(ours, theirs, adapter, x, mode):
     torch = mb.torch
     xt = torch.from_numpy(x)
-    dy = None
     if mode == "forward":
         ours.eval()
         theirs.eval()

@@ -225,7 +225,7 @@ def print_environment(env):
         f"{env['physical_cores']}, usable {env['usable_cpus']}",
         f"  versions  : python {env['python']}, numpy {env['numpy']}, "
         f"torch {env['torch'] or '-'}, fusedrnn {env['fusedrnn']}",
-        f"  fusedrnn  : " + ", ".join(f"{k}={v}" for k, v in cfg.items()),
+        "  fusedrnn  : " + ", ".join(f"{k}={v}" for k, v in cfg.items()),
         f"  threads   : {env['threads']} (fusedrnn {cfg['num_threads']}, torch "
         f"{env['torch_num_threads'] or '-'}; " +
         ", ".join(f"{k}={v}" for k, v in env["thread_env"].items()) + ")",

@@ -101,7 +101,8 @@ def test_wrong_dtype_is_a_type_error(cell, arg):
 
 def test_non_arrays_and_bad_lengths_types():
     a = arrays()
-    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray or an array with __dlpack__ \(e.g. a torch tensor\), got list"):
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray or an array with "
+                                        r"__dlpack__ \(e.g. a torch tensor\), got list"):
         lstm(x=a["x"].tolist())
     with pytest.raises(TypeError, match=r"w_hh must be a numpy.ndarray"):
         lstm(w_hh="weights")
@@ -197,7 +198,8 @@ def stack_params(G=4, layers=2, D=2, dtype=np.float32):
     for l in range(layers):
         for d in range(D):
             sfx = f"_l{l}" + ("_reverse" if d else "")
-            p["weight_ih" + sfx] = rng.standard_normal((G * H, I if l == 0 else D * H)).astype(dtype)
+            p["weight_ih" + sfx] = rng.standard_normal(
+                (G * H, I if l == 0 else D * H)).astype(dtype)
             p["weight_hh" + sfx] = rng.standard_normal((G * H, H)).astype(dtype)
             p["bias_ih" + sfx] = rng.standard_normal(G * H).astype(dtype)
             p["bias_hh" + sfx] = rng.standard_normal(G * H).astype(dtype)

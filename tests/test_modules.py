@@ -293,7 +293,8 @@ def test_state_dict_round_trip_with_torch():
 # --- bad input: clear errors, module unchanged -------------------------------------------------
 
 def snapshot(m):
-    return {k: v.copy() for k, v in m.state_dict().items()}, {k: v.copy() for k, v in m.grads.items()}
+    return ({k: v.copy() for k, v in m.state_dict().items()},
+            {k: v.copy() for k, v in m.grads.items()})
 
 
 def assert_unchanged(m, snap):
@@ -333,8 +334,8 @@ def test_module_bad_input_leaves_it_unchanged():
                      r"shape \(20, 10\)",
          lambda: m.load_state_dict({**{k: v + 1 for k, v in m.state_dict().items()},
                                     "weight_ih_l1": np.zeros((4 * H, I))})),
-        (ValueError, r"dy must have shape like y = \(6, 4, 10\)", lambda: m.backward(np.ones((T, B, H),
-                                                                                np.float32))),
+        (ValueError, r"dy must have shape like y = \(6, 4, 10\)",
+         lambda: m.backward(np.ones((T, B, H), np.float32))),
         (TypeError, r"dstate must be a tuple", lambda: m.backward(None, np.zeros((4, B, H)))),
         (AttributeError, r"parameter 'weight_hh_l0' cannot be rebound",
          lambda: setattr(m, "weight_hh_l0", np.zeros((3, 3)))),

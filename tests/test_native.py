@@ -4,7 +4,8 @@ Error of an array = max |native - ref64| / max |ref64| (ref64: the reference in 
 same inputs). Bounds (docs/design.md §7):
 * float64: 1e-10.
 * float32: 2 x the float32 error scale of the problem: the largest error (against ref64) of nine
-  runs of the reference: in float32 on the same inputs (docs/design.md §7's "float32 reference runs"), and
+  runs of the reference: in float32 on the same inputs (docs/design.md §7's "float32 reference
+  runs"), and
   on four random one-ulp float32 perturbations of the inputs, each in float32 and in float64.
   One float32 run alone can be exact by luck on an ill-conditioned array (H=1, or bias sums with
   cancellation); the perturbed runs sample how far float32 roundings move the result. Floor:

@@ -291,7 +291,8 @@ def test_cell_and_functional_backward_after_parameter_change_raise():
 def test_check_inplace_false_skips_the_stamps():
     """The documented opt-out (the torch adapter relies on autograd's version counters)."""
     rng = np.random.default_rng(0)
-    params = {"weight_ih_l0": rng.standard_normal((3, 2)), "weight_hh_l0": rng.standard_normal((3, 3))}
+    params = {"weight_ih_l0": rng.standard_normal((3, 2)),
+              "weight_hh_l0": rng.standard_normal((3, 3))}
     y, _, _, ctx = F.stack_forward("rnn_tanh", rng.standard_normal((2, 1, 2)), params,
                                    check_inplace=False)
     params["weight_hh_l0"] *= 2

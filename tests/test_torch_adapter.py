@@ -35,7 +35,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 BOUND = {"float32": 2e-5, "float64": 1e-10}
 EPS32 = float(np.finfo(np.float32).eps)
 
-# worst errors: (dtype, "outputs"|"gradients", "vs torch"|"ours vs f64"|"torch vs f64") -> (err, where)
+# worst errors: (dtype, "outputs"|"gradients", "vs torch"|"ours vs f64"|"torch vs f64")
+#   -> (err, where)
 WORST = {}
 COUNT = {}
 
@@ -395,7 +396,8 @@ def test_same_init_and_state_dict_both_ways(kind):
     ours2.load_state_dict(ref.state_dict())
     ref2.load_state_dict(ours.state_dict())
     for k in rs:
-        assert torch.equal(ours2.state_dict()[k], rs[k]) and torch.equal(ref2.state_dict()[k], rs[k])
+        assert torch.equal(ours2.state_dict()[k], rs[k])
+        assert torch.equal(ref2.state_dict()[k], rs[k])
     assert repr(ours).replace("fusedrnn.torch.", "") == repr(ref)
     assert len(ours.all_weights) == len(ref.all_weights)
     ours.flatten_parameters()  # no-op, exists for drop-in use
@@ -526,7 +528,7 @@ def test_swapped_model_trains_identically():
     for name, model in (("ref", ref), ("ours", ours)):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
         losses[name] = []
-        for step in range(8):
+        for _ in range(8):
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), target)
             loss.backward()
@@ -622,7 +624,8 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D, got 4D"):
         m(torch.randn(T, B, I, 1))
     good_h, good_c = torch.zeros(2, B, H), torch.zeros(2, B, H)
-    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(2, 4, 5\), got \[1, 4, 5\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"Expected hidden\[0\] size \(2, 4, 5\), got \[1, 4, 5\]"):
         m(x, (torch.zeros(1, B, H), good_c))
     with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size"):
         m(x, (good_h, torch.zeros(2, B, H + 1)))

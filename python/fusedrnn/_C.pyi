@@ -1,6 +1,6 @@
 """Type stub of the native module fusedrnn._C (csrc/bindings/). Use fusedrnn.functional."""
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 Array = Any  # numpy.ndarray or an object with __dlpack__
 Alloc = Callable[[Tuple[int, ...], str], Array]

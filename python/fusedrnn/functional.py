@@ -259,7 +259,7 @@ def _layer_backward(ctx, fn, modes, dy, dh_n, dc_n):
     out = {"x": dx, "h0": dh0}
     if dc0 is not None:
         out["c0"] = dc0
-    for short, name in _LAYER_NAMES:
+    for _, name in _LAYER_NAMES:
         if name in g:
             out[name[:-3]] = g[name]
     return out

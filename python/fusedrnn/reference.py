@@ -187,7 +187,9 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *
     relu = mode == "rnn_relu"
     lengths = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(lengths, np.int64)
     h = np.zeros((B, R), dt) if h0 is None else np.array(h0, dt)
-    c = np.zeros((B, H), dt) if (is_lstm and c0 is None) else (np.array(c0, dt) if is_lstm else None)
+    c = None
+    if is_lstm:
+        c = np.zeros((B, H), dt) if c0 is None else np.array(c0, dt)
 
     # Input projection hoisted over all T*B rows, as the kernels do.
     xp = (x.reshape(T * B, -1) @ w_ih.T).reshape(T, B, G * H)
