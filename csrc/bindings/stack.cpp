@@ -63,7 +63,9 @@ std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
                       l ? py::str(l.dtype()).cast<std::string>() : type_name(obj));
   FUSEDRNN_CHECK(l.ndim() == 1 && l.shape(0) == B, "lengths must have shape (batch,) = (", B,
                  ",), got ", array_arg(l, "lengths").view.shape_str());
-  constexpr int kFlags = py::array::c_style | py::array::forcecast;
+  // C-contiguous and aligned (a view at a byte offset is copied): the kernels read int64s.
+  constexpr int kFlags =
+      py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
   // Checked in the signedness given, so that 2^63 + k is not reported as negative.
   auto check = [&](auto typed) {
     auto acc = typed.template unchecked<1>();

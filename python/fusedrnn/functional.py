@@ -150,7 +150,8 @@ def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: 
                   c0: Optional[Array] = None, lengths: Optional[Array] = None,
                   batch_first: bool = False, dropout: float = 0.0, seed: int = 0,
                   reset_after: bool = True, training: bool = True, check_inplace: bool = True,
-                  reverse: bool = False, _layer: bool = False):
+                  reverse: bool = False, _layer: bool = False
+                  ) -> Tuple[Array, Array, Optional[Array], Optional[StackContext]]:
     """A whole multi-layer, optionally bidirectional network in one native call, as
     ``torch.nn.RNN/LSTM/GRU``.
 
@@ -204,7 +205,8 @@ def _ordered_names(names):
 
 def stack_backward(ctx: StackContext, dy: Optional[Array] = None,
                    dh_n: Optional[Array] = None, dc_n: Optional[Array] = None, *,
-                   grads: Optional[Dict[str, Array]] = None):
+                   grads: Optional[Dict[str, Array]] = None
+                   ) -> Tuple[Array, Array, Optional[Array], Dict[str, Array]]:
     """BPTT through :func:`stack_forward`. ``dy`` like y, ``dh_n`` like h_n, ``dc_n`` like c_n
     (each None for zero).
 
@@ -268,8 +270,11 @@ def _layer_backward(ctx, fn, modes, dy, dh_n, dc_n):
 _RNN_MODES = {"tanh": "rnn_tanh", "relu": "rnn_relu"}
 
 
-def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True):
+def rnn_forward(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+                b_hh: Optional[Array] = None, h0: Optional[Array] = None, *,
+                nonlinearity: str = "tanh", lengths: Optional[Array] = None,
+                reverse: bool = False, training: bool = True
+                ) -> Tuple[Array, Array, Optional[StackContext]]:
     """Vanilla RNN layer, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Returns ``(y, h_n, ctx)``: y (T, B, H), h_n (B, H)."""
@@ -280,13 +285,17 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     return y, h_n, ctx
 
 
-def rnn_backward(ctx, dy=None, dh_n=None):
+def rnn_backward(ctx: StackContext, dy: Optional[Array] = None,
+                 dh_n: Optional[Array] = None) -> Dict[str, Array]:
     """Gradients of :func:`rnn_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
     return _layer_backward(ctx, "rnn_backward", ("rnn_tanh", "rnn_relu"), dy, dh_n, None)
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
-                 lengths=None, reverse=False, training=True):
+def lstm_forward(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+                 b_hh: Optional[Array] = None, h0: Optional[Array] = None,
+                 c0: Optional[Array] = None, *, w_hr: Optional[Array] = None,
+                 lengths: Optional[Array] = None, reverse: bool = False, training: bool = True
+                 ) -> Tuple[Array, Array, Array, Optional[StackContext]]:
     """LSTM layer (gates i, f, g, o), optionally with projection ``h = W_hr (o tanh(c))``.
 
     Returns ``(y, h_n, c_n, ctx)``: y (T, B, R), h_n (B, R), c_n (B, H)."""
@@ -294,14 +303,18 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
                           training)
 
 
-def lstm_backward(ctx, dy=None, dh_n=None, dc_n=None):
+def lstm_backward(ctx: StackContext, dy: Optional[Array] = None, dh_n: Optional[Array] = None,
+                  dc_n: Optional[Array] = None) -> Dict[str, Array]:
     """Gradients of :func:`lstm_forward`: dict with x, h0, c0, weight_ih, weight_hh
     (, bias_ih, bias_hh, weight_hr)."""
     return _layer_backward(ctx, "lstm_backward", ("lstm",), dy, dh_n, dc_n)
 
 
-def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, reset_after=True,
-                lengths=None, reverse=False, training=True):
+def gru_forward(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+                b_hh: Optional[Array] = None, h0: Optional[Array] = None, *,
+                reset_after: bool = True, lengths: Optional[Array] = None,
+                reverse: bool = False, training: bool = True
+                ) -> Tuple[Array, Array, Optional[StackContext]]:
     """GRU layer (gates r, z, n). ``reset_after=True`` is PyTorch's/cuDNN's form,
     ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``; ``False`` is the original form,
     ``n = tanh(W_in x + b_in + W_hn (r h) + b_hn)``.
@@ -312,6 +325,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, reset_after=Tru
     return y, h_n, ctx
 
 
-def gru_backward(ctx, dy=None, dh_n=None):
+def gru_backward(ctx: StackContext, dy: Optional[Array] = None,
+                 dh_n: Optional[Array] = None) -> Dict[str, Array]:
     """Gradients of :func:`gru_forward`: dict with x, h0, weight_ih, weight_hh(, biases)."""
     return _layer_backward(ctx, "gru_backward", ("gru",), dy, dh_n, None)

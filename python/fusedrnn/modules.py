@@ -400,7 +400,7 @@ class LSTMCell(_CellBase):
         return (dx[0], (dh0[0], dc0[0])) if unbatched else (dx, (dh0, dc0))
 
 
-def from_torch(module):
+def from_torch(module: Any) -> Union["_RNNBase", "_CellBase"]:
     """The fusedrnn equivalent of a ``torch.nn.RNN/LSTM/GRU/RNNCell/LSTMCell/GRUCell``, with its
     weights copied (float32 or float64)."""
     name = type(module).__name__

@@ -149,12 +149,38 @@ class SpecField:
         obj.spec = dataclasses.replace(obj.spec, **{self.name: value})
 
 
+class _ModeSizes:
+    """What a stack and a cell derive alike from ``mode`` and ``hidden_size``."""
+
+    mode: str
+    hidden_size: int
+
+    @property
+    def gates(self) -> int:
+        """G: 1 (RNN), 4 (LSTM) or 3 (GRU)."""
+        return GATES[self.mode]
+
+    @property
+    def gate_size(self) -> int:
+        """G * hidden_size: rows of W_ih and W_hh."""
+        return self.gates * self.hidden_size
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.mode == "lstm"
+
+    @property
+    def nonlinearity(self) -> Optional[str]:
+        """'tanh' / 'relu' for an Elman RNN, None otherwise."""
+        return {"rnn_tanh": "tanh", "rnn_relu": "relu"}.get(self.mode)
+
+
 # --------------------------------------------------------------------------------------------
 # RNN / LSTM / GRU stacks
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNSpec:
+class RNNSpec(_ModeSizes):
     """A stack of recurrent layers, as ``torch.nn.RNN/LSTM/GRU`` describe it.
 
     ``mode``: 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru' (torch's 'RNN_TANH'... are accepted and
@@ -203,16 +229,6 @@ class RNNSpec:
     # -- derived sizes ------------------------------------------------------------------------
 
     @property
-    def gates(self) -> int:
-        """G: 1 (RNN), 4 (LSTM) or 3 (GRU)."""
-        return GATES[self.mode]
-
-    @property
-    def gate_size(self) -> int:
-        """G * hidden_size: rows of W_ih and W_hh."""
-        return self.gates * self.hidden_size
-
-    @property
     def num_directions(self) -> int:
         """D: 2 when bidirectional, else 1."""
         return 2 if self.bidirectional else 1
@@ -223,18 +239,9 @@ class RNNSpec:
         return self.proj_size or self.hidden_size
 
     @property
-    def is_lstm(self) -> bool:
-        return self.mode == "lstm"
-
-    @property
     def torch_mode(self) -> str:
         """``torch.nn.RNNBase.mode``: 'RNN_TANH', 'RNN_RELU', 'LSTM' or 'GRU'."""
         return TORCH_MODES[self.mode]
-
-    @property
-    def nonlinearity(self) -> Optional[str]:
-        """'tanh' / 'relu' for an Elman RNN, None otherwise."""
-        return {"rnn_tanh": "tanh", "rnn_relu": "relu"}.get(self.mode)
 
     @property
     def dropout_warning(self) -> Optional[str]:
@@ -393,7 +400,7 @@ class RNNSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class CellSpec:
+class CellSpec(_ModeSizes):
     """One recurrent cell, as ``torch.nn.RNNCell/LSTMCell/GRUCell`` describe it; validated like
     :class:`RNNSpec` (``TypeError`` for a non-integer size or a non-bool flag, ``ValueError``
     for a size <= 0)."""
@@ -411,24 +418,6 @@ class CellSpec:
         set_("hidden_size", _size("hidden_size", self.hidden_size))
         _flag("bias", self.bias)
         _flag("reset_after", self.reset_after)
-
-    @property
-    def gates(self) -> int:
-        """G: 1 (RNN), 4 (LSTM) or 3 (GRU)."""
-        return GATES[self.mode]
-
-    @property
-    def gate_size(self) -> int:
-        return self.gates * self.hidden_size
-
-    @property
-    def is_lstm(self) -> bool:
-        return self.mode == "lstm"
-
-    @property
-    def nonlinearity(self) -> Optional[str]:
-        """'tanh' / 'relu' for an Elman cell, None otherwise."""
-        return {"rnn_tanh": "tanh", "rnn_relu": "relu"}.get(self.mode)
 
     def param_shapes(self) -> Dict[str, Shape]:
         """Ordered ``{name: shape}``: ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), and with
