@@ -70,6 +70,10 @@ Arg numpy_arg(const py::array& given, const std::string& name) {
   return arg;
 }
 
+// An empty tensor may carry a null data pointer (torch's do); the kernels pass their pointers to
+// memcpy even for zero bytes, where null is undefined behaviour: point empties here instead.
+alignas(64) char g_empty_array[64];
+
 Device dlpack_device(py::handle obj) {
   py::tuple dev = obj.attr("__dlpack_device__")();
   return Device{dev[0].cast<int>(), dev[1].cast<int>()};
@@ -120,6 +124,7 @@ Arg array_arg(py::handle obj, const std::string& name) {
     v.strides[i] = t.strides ? t.strides[i] : compact;
     compact *= t.shape[i];
   }
+  if (v.data == nullptr && v.size() == 0) v.data = g_empty_array;
   if (v.dtype != DType::Other && !v.c_contiguous()) {
     // A strided host view (a transposed tensor, a slice): one C-contiguous copy, as NumPy's.
     py::module_ np = py::module_::import("numpy");
