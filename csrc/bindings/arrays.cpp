@@ -177,7 +177,20 @@ void check_writeable(const Arg& a, const std::string& name) {
                  " must be C-contiguous, aligned and writeable");
 }
 
+py::dtype numpy_dtype_of(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return py::dtype::of<float>();
+    case DType::Float64: return py::dtype::of<double>();
+    case DType::UInt8: return py::dtype::of<uint8_t>();
+    default: throw std::invalid_argument(concat("cannot allocate ", dtype_name(dtype)));
+  }
+}
+
 Arg allocate(py::handle alloc, const std::vector<int64_t>& shape, DType dtype) {
+  if (alloc.is_none()) {  // NumPy, allocated here: a Python call per output costs more
+    py::array out(numpy_dtype_of(dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    return array_arg(out, "an allocated output");
+  }
   py::tuple sh(shape.size());
   for (size_t i = 0; i < shape.size(); ++i) sh[i] = py::int_(shape[i]);
   py::object out = alloc(sh, dtype_name(dtype));

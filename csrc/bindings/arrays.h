@@ -45,7 +45,8 @@ void check_shape(const Arg& a, const std::string& name, const std::vector<int64_
                  const std::string& meaning);
 void check_writeable(const Arg& a, const std::string& name);
 
-// A new C-contiguous array from the caller's allocator: alloc(shape: tuple, dtype: str).
+// A new C-contiguous array from the caller's allocator, alloc(shape: tuple, dtype: str), or a
+// NumPy array when alloc is None.
 Arg allocate(py::handle alloc, const std::vector<int64_t>& shape, DType dtype);
 
 }  // namespace bind

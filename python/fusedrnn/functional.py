@@ -54,18 +54,24 @@ MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 Array = Any  # a numpy.ndarray, or an array with __dlpack__ (e.g. a torch tensor)
 
 
+_KINDS = {(mode, reset_after): _C.CELLS["gru_v1" if mode == "gru" and not reset_after
+                                      else mode]["kind"]
+          for mode in MODES for reset_after in (True, False)}
+
+
 def _kind(mode: str, reset_after: bool = True) -> int:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    name = "gru_v1" if mode == "gru" and not reset_after else mode
-    return _C.CELLS[name]["kind"]
+    try:
+        return _KINDS[mode, bool(reset_after)]
+    except (KeyError, TypeError):
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}") from None
 
 
-def _allocator(x: Array) -> Callable[[Tuple[int, ...], str], Array]:
+def _allocator(x: Array) -> Optional[Callable[[Tuple[int, ...], str], Array]]:
     """``alloc(shape, dtype_name)`` in the library of ``x``: outputs and the training state
-    are owned by the caller's array library (torch's allocator for torch tensors)."""
+    are owned by the caller's array library (torch's allocator for torch tensors); None for
+    NumPy (the native side allocates NumPy arrays itself, faster than a call back)."""
     if isinstance(x, np.ndarray) or not type(x).__module__.startswith("torch"):
-        return lambda shape, dtype: np.empty(shape, dtype)
+        return None
     import torch
 
     device = x.device
@@ -84,16 +90,21 @@ class StackContext:
 
     __slots__ = ("mode", "kind", "layer", "num_layers", "bidirectional", "reverse", "batch_first",
                  "dropout", "seed", "lengths", "param_names", "stamps", "x", "h0", "c0",
-                 "params", "reserve", "_layout")
+                 "params", "reserve")
 
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
-        self._layout = None
+    def __init__(self, mode, kind, layer, num_layers, bidirectional, reverse, batch_first,
+                 dropout, seed, lengths, stamps, x, h0, c0, params, reserve) -> None:
+        self.mode, self.kind, self.layer = mode, kind, layer
+        self.num_layers, self.bidirectional, self.reverse = num_layers, bidirectional, reverse
+        self.batch_first, self.dropout, self.seed = batch_first, dropout, seed
+        self.lengths, self.stamps = lengths, stamps
+        self.x, self.h0, self.c0, self.reserve = x, h0, c0, reserve
+        self.params = params
+        self.param_names = list(params)  # the order of saved_arrays/restore_arrays
 
     @property
     def dtype(self) -> np.dtype:
-        return self.params[self.param_names[0]].dtype
+        return self.params["weight_ih_l0"].dtype
 
     def saved_arrays(self) -> tuple:
         """``(x, h0, c0, reserve, *params)`` in ``param_names`` order (None where absent)."""
@@ -110,8 +121,7 @@ class StackContext:
 
     def _shape(self) -> Tuple[int, int, int]:
         T, B = (self.x.shape[1], self.x.shape[0]) if self.batch_first else self.x.shape[:2]
-        w_hh = self.params[self.param_names[1]]
-        return T, B, w_hh.shape[1]
+        return T, B, self.params["weight_hh_l0"].shape[1]
 
     @property
     def keep_masks(self) -> list:
@@ -119,7 +129,7 @@ class StackContext:
         (None where no dropout was applied)."""
         T, B, R = self._shape()
         D = 2 if self.bidirectional else 1
-        w_ih = self.params[self.param_names[0]]
+        w_ih = self.params["weight_ih_l0"]
         w_hr = self.params.get("weight_hr_l0")
         H = w_hr.shape[1] if w_hr is not None else R
         lay = _C.state_layout(self.kind, T, B, w_ih.shape[1], H,
@@ -180,27 +190,10 @@ def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: 
         float(dropout), seed, training, bool(check_inplace), _allocator(x), _layer)
     ctx = None
     if training:
-        if isinstance(reserve, np.ndarray):
-            reserve.flags.writeable = False  # backward's input: changing it would go unnoticed
-        names = [n for n in params if n.startswith(("weight_", "bias_"))]
-        ctx = StackContext(mode=mode, kind=kind, layer=_layer, num_layers=num_layers,
-                           bidirectional=bidirectional, reverse=reverse,
-                           batch_first=batch_first, dropout=float(dropout), seed=seed,
-                           lengths=lengths, param_names=_ordered_names(names), stamps=stamps,
-                           x=x, h0=h0, c0=c0, params=dict(params), reserve=reserve)
+        ctx = StackContext(mode, kind, _layer, num_layers, bidirectional, reverse, batch_first,
+                           float(dropout), seed, lengths, stamps, x, h0, c0, dict(params),
+                           reserve)
     return y, h_n, c_n, ctx
-
-
-def _ordered_names(names):
-    """PyTorch's flat parameter order: by layer, direction, then w_ih, w_hh, b_ih, b_hh, w_hr."""
-    bases = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-
-    def key(n):
-        base, _, rest = n.rpartition("_l")
-        layer, _, rev = rest.partition("_")
-        return (int(layer) if layer.isdigit() else 0, rev == "reverse",
-                bases.index(base) if base in bases else len(bases))
-    return sorted(names, key=key)
 
 
 def stack_backward(ctx: StackContext, dy: Optional[Array] = None,
@@ -243,9 +236,12 @@ def _layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, rever
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih and b_hh must be given together or both be None")
     # w_ih and w_hh always (None is reported as a wrong type), the rest when given
-    given = dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
-    params = {name: given[short] for short, name in _LAYER_NAMES
-              if given[short] is not None or short in ("w_ih", "w_hh")}
+    params = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh}
+    if b_ih is not None:
+        params["bias_ih_l0"] = b_ih
+        params["bias_hh_l0"] = b_hh
+    if w_hr is not None:
+        params["weight_hr_l0"] = w_hr
     return stack_forward(mode, x, params, h0=h0, c0=c0, lengths=lengths,
                          reset_after=reset_after, training=training, reverse=reverse,
                          _layer=True)
