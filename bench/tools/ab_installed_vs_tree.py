@@ -24,6 +24,8 @@ CONFIGS = [  # name: (mode, H, B, T, training)
     ("lstm H512 B1 T50 infer", ("lstm", 512, 1, 50, False)),
     ("lstm H256 B64 T50 infer", ("lstm", 256, 64, 50, False)),
     ("gru H256 B64 T50 infer", ("gru", 256, 64, 50, False)),
+    ("gru H256 B1 T50 infer", ("gru", 256, 1, 50, False)),
+    ("gru H256 B1 T50 train", ("gru", 256, 1, 50, True)),
     ("lstm H256 B1 T1 train (cell step)", ("lstm", 256, 1, 1, True)),
     ("rnn H1024 B64 T50 train", ("rnn_tanh", 1024, 64, 50, True)),
     ("layer api lstm H64 B1 T1 train", ("layer:lstm", 64, 1, 1, True)),
