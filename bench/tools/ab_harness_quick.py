@@ -15,7 +15,8 @@ def rows_of(path):
     d = json.load(open(path))
     out = {}
     for r in d["rows"]:
-        key = f'{r["suite"]} {r["cell"]} {r["net"]} {r["mode"]} H{r["H"]} B{r["B"]} T{r["T"]} thr{r["threads"]}'
+        key = (f'{r["suite"]} {r["cell"]} {r["net"]} {r["mode"]} H{r["H"]} B{r["B"]} '
+               f'T{r["T"]} thr{r["threads"]}')
         p = r["peers"]
         out[key] = (p["fusedrnn"]["median_ms"], p.get("torch", {}).get("median_ms"))
     return d, out
