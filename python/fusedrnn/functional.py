@@ -180,19 +180,26 @@ def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: 
     ``RuntimeError`` if one was modified in place in between (``check_inplace=False`` skips
     the stamps, for a caller that tracks modifications itself, as the torch adapter does with
     autograd's version counters)."""
-    kind = _kind(mode, reset_after)
-    seed = int(seed) & (2**64 - 1)
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays keyed by PyTorch's names, got "
                         f"{type(params).__name__}")
+    # the context keeps its own dict: the caller may change theirs before backward
+    return _forward(_kind(mode, reset_after), mode, x, dict(params), num_layers, bidirectional,
+                    reverse, h0, c0, lengths, batch_first, float(dropout),
+                    int(seed) & (2**64 - 1), training, bool(check_inplace), _layer)
+
+
+def _forward(kind, mode, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
+             batch_first, dropout, seed, training, check_inplace, layer):
+    """The native call and the context, arguments checked and converted (positional: this runs
+    once per cell step in a Python loop)."""
     y, h_n, c_n, reserve, stamps = _C.stack_forward(
         kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths, batch_first,
-        float(dropout), seed, training, bool(check_inplace), _allocator(x), _layer)
+        dropout, seed, training, check_inplace, _allocator(x), layer)
     ctx = None
     if training:
-        ctx = StackContext(mode, kind, _layer, num_layers, bidirectional, reverse, batch_first,
-                           float(dropout), seed, lengths, stamps, x, h0, c0, dict(params),
-                           reserve)
+        ctx = StackContext(mode, kind, layer, num_layers, bidirectional, reverse, batch_first,
+                           dropout, seed, lengths, stamps, x, h0, c0, params, reserve)
     return y, h_n, c_n, ctx
 
 
@@ -242,9 +249,8 @@ def _layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, rever
         params["bias_hh_l0"] = b_hh
     if w_hr is not None:
         params["weight_hr_l0"] = w_hr
-    return stack_forward(mode, x, params, h0=h0, c0=c0, lengths=lengths,
-                         reset_after=reset_after, training=training, reverse=reverse,
-                         _layer=True)
+    return _forward(_kind(mode, reset_after), mode, x, params, 1, False, bool(reverse), h0, c0,
+                    lengths, False, 0.0, 0, bool(training), True, True)
 
 
 def _layer_backward(ctx, fn, modes, dy, dh_n, dc_n):
