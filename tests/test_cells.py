@@ -36,6 +36,7 @@ from fusedrnn import reference as ref
 
 T = _C._testing
 KINDS = {name: info["kind"] for name, info in _C.CELLS.items()}
+CELL_INFO = {info["kind"]: dict(info, name=name) for name, info in _C.CELLS.items()}
 DTYPES = {"f64": np.float64, "f32": np.float32}
 
 
@@ -258,7 +259,7 @@ def run_cell(cell, dtype, ax, ah, h, c, dout, dc, drh):
     The backward runs on the native forward's saved values (both sides read the same).
     Returns how many values matched only the re-derivation (see check())."""
     kind = KINDS[cell]
-    info = T.cell_info(kind)
+    info = CELL_INFO[kind]
     G, S = info["gates"], info["saved"]
     assert ax.shape[1] == G and info["name"] == cell
     model = MODELS[dtype]
@@ -317,7 +318,7 @@ def inputs(rng, n, G, scale=3.0):
 @pytest.mark.parametrize("cell", KINDS)
 def test_cell_matches_reference(cell, dt):
     """Pre-activations in [-3, 3] (every gate off its saturation), plus a [-30, 30] set."""
-    G = T.cell_info(KINDS[cell])["gates"]
+    G = CELL_INFO[KINDS[cell]]["gates"]
     rng = np.random.default_rng(zlib.crc32(cell.encode()))
     for scale in (3.0, 30.0):
         assert run_cell(cell, DTYPES[dt], **inputs(rng, 4000, G, scale)) == 0
@@ -344,7 +345,7 @@ def test_cell_extreme_inputs(cell, dt):
     with the reference everywhere (NaN where it is NaN, the same inf, finite values within the
     derived bound)."""
     dtype = DTYPES[dt]
-    G = T.cell_info(KINDS[cell])["gates"]
+    G = CELL_INFO[KINDS[cell]]["gates"]
     rng = np.random.default_rng(7 + len(cell))
     pre, st = extreme_values(dtype, False), extreme_values(dtype, True)
     vals_of = lambda k: pre if k == "ax" else st
@@ -377,7 +378,7 @@ def test_nan_in_a_used_input_gives_nan(cell, dt):
     backward, which follows PyTorch's threshold_backward."""
     dtype = DTYPES[dt]
     kind = KINDS[cell]
-    G = T.cell_info(kind)["gates"]
+    G = CELL_INFO[kind]["gates"]
     for g in range(G):
         for arg in ("ax", "ah"):
             a = {"ax": np.full((1, G), 0.3, dtype), "ah": np.full((1, G), -0.2, dtype)}

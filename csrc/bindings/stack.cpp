@@ -195,7 +195,6 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
                      cfg.proj ? " and projection" : "");
     }
   }
-  const int64_t LD = a.LD();
   a.h0 = optional_array_arg(h0_, "h0");
   if (a.h0) {
     check_dtype(*a.h0, "h0", a.dtype, " (the dtype of x)");
@@ -219,20 +218,28 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
   return a;
 }
 
-template <class T>
-std::vector<StackWeights<T>> weight_ptrs(const StackCall& a) {
-  std::vector<StackWeights<T>> out(static_cast<size_t>(a.LD()));
+// Per layer and direction, the pointers of `arrays` (one per parameter, in StackCall::names'
+// order: w_ih, w_hh, [b_ih, b_hh], [w_hr]) as StackWeights<T> or StackGrads<T>.
+template <class Slots, class Ptr>
+std::vector<Slots> per_layer(const StackCall& a, const std::vector<Arg>& arrays) {
+  std::vector<Slots> out(static_cast<size_t>(a.LD()));
   size_t i = 0;
-  for (auto& lw : out) {
-    lw.w_ih = a.weights[i++].ptr<const T>();
-    lw.w_hh = a.weights[i++].ptr<const T>();
+  auto next = [&] { return arrays[i++].ptr<Ptr>(); };
+  for (auto& s : out) {
+    s.w_ih = next();
+    s.w_hh = next();
     if (a.has_bias) {
-      lw.b_ih = a.weights[i++].ptr<const T>();
-      lw.b_hh = a.weights[i++].ptr<const T>();
+      s.b_ih = next();
+      s.b_hh = next();
     }
-    if (a.cfg.proj > 0) lw.w_hr = a.weights[i++].ptr<const T>();
+    if (a.cfg.proj > 0) s.w_hr = next();
   }
   return out;
+}
+
+template <class T>
+std::vector<StackWeights<T>> weight_ptrs(const StackCall& a) {
+  return per_layer<StackWeights<T>, const T>(a, a.weights);
 }
 
 template <class T>
@@ -278,7 +285,7 @@ struct Stamped {
 template <class T>
 py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
   const StackConfig& cfg = a.cfg;
-  const int64_t LD = a.LD(), R = a.R();
+  const int64_t R = a.R();
   Arg y = allocate(alloc, a.seq_shape(cfg.dirs * R), a.dtype);
   Arg h_n = allocate(alloc, a.state_shape(R), a.dtype);
   std::optional<Arg> c_n;
@@ -325,7 +332,7 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
                          const std::optional<Arg>& dy, const std::optional<Arg>& dh_n,
                          const std::optional<Arg>& dc_n, py::object grads_in, py::handle alloc) {
   const StackConfig& cfg = a.cfg;
-  const int64_t LD = a.LD(), R = a.R();
+  const int64_t R = a.R();
   Arg dx = allocate(alloc, a.seq_shape(cfg.input), a.dtype);
   Arg dh0 = allocate(alloc, a.state_shape(R), a.dtype);
   std::optional<Arg> dc0;
@@ -356,17 +363,7 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
       grads[name.c_str()] = gargs.back().object;
     }
   }
-  std::vector<StackGrads<T>> g(static_cast<size_t>(LD));
-  size_t i = 0;
-  for (auto& lg : g) {
-    lg.w_ih = gargs[i++].ptr<T>();
-    lg.w_hh = gargs[i++].ptr<T>();
-    if (a.has_bias) {
-      lg.b_ih = gargs[i++].ptr<T>();
-      lg.b_hh = gargs[i++].ptr<T>();
-    }
-    if (cfg.proj > 0) lg.w_hr = gargs[i++].ptr<T>();
-  }
+  const auto g = per_layer<StackGrads<T>, T>(a, gargs);
   auto w = weight_ptrs<T>(a);
   std::optional<Stamped> stamped;
   std::vector<uint64_t> before, now;
@@ -407,7 +404,7 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
                          batch_first, dropout, seed, /*training=*/true, layer);
   const StackConfig& cfg = a.cfg;
   const Device dev = a.x.view.device;
-  const int64_t LD = a.LD(), R = a.R();
+  const int64_t R = a.R();
   const size_t elem = a.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
   Arg reserve = array_arg(reserve_, "reserve");
   check_dtype(reserve, "reserve", DType::UInt8, " (the training state of the forward call)");

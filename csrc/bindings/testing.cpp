@@ -217,16 +217,6 @@ py::tuple cell_backward(int kind, py::handle saved, py::handle dout, py::handle 
                           : cell_backward_typed<float>(k, saved, dout, h_prev, dc, drh);
 }
 
-py::dict cell_info(int kind) {
-  const auto info = fusedrnn::cell_info(kind_arg(kind));
-  py::dict d;
-  d["name"] = info.name;
-  d["gates"] = info.gates;
-  d["saved"] = info.saved;
-  d["cell_state"] = info.cell_state;
-  return d;
-}
-
 }  // namespace
 
 void register_testing(py::module_& m) {
@@ -246,7 +236,6 @@ void register_testing(py::module_& m) {
         "The instruction sets this CPU and build support, best last.");
   t.def("activation", &activation, py::arg("name"), py::arg("x"),
         "The kernels' float32 exp/sigmoid/tanh (generic build), elementwise.");
-  t.def("cell_info", &cell_info, py::arg("kind"));
   t.def("cell_forward", &cell_forward, py::arg("kind"), py::arg("ax"), py::arg("ah"),
         py::arg("h_prev") = py::none(), py::arg("c") = py::none(),
         "One cell header's forward over (n, G) pre-activations: (out, c' or None, "
@@ -254,8 +243,6 @@ void register_testing(py::module_& m) {
   t.def("cell_backward", &cell_backward, py::arg("kind"), py::arg("saved"), py::arg("dout"),
         py::arg("h_prev") = py::none(), py::arg("dc") = py::none(), py::arg("drh") = py::none(),
         "One cell header's backward: (dax (n, G), dah (n, G), dc_prev or None, dh_direct).");
-  // Old name of the activation hook, kept while module.cpp does not define it.
-  if (!py::hasattr(m, "_activation")) m.attr("_activation") = t.attr("activation");
 }
 
 }  // namespace bind

@@ -24,7 +24,8 @@ import numpy as np
 
 from fusedrnn import functional as F
 from fusedrnn.nn import Module, _float_dtype, _make_rng
-from fusedrnn.spec import (TORCH_MODES, CellSpec, RNNSpec, SpecField, reject_proj_size,
+from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSpecFields,
+                           reject_proj_size,
                            rnn_mode, split_state)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch"]
@@ -53,14 +54,9 @@ def _to_numpy_or_none(value):
     return None if value is None else _to_numpy(value)
 
 
-class _ParamModule(Module):
+class _ParamModule(Module, CellSpecFields):
     """fusedrnn.nn.Module with PyTorch's RNN initialisation; starts in eval mode. ``spec``
     (:mod:`fusedrnn.spec`) holds the configuration; ``input_size`` ... read it."""
-
-    input_size = SpecField()
-    hidden_size = SpecField()
-    bias = SpecField()
-    reset_after = SpecField()
 
     def _init_params(self, dtype, rng):
         Module.__init__(self)
@@ -92,12 +88,7 @@ class _ParamModule(Module):
         return m.train(self.training)
 
 
-class _RNNBase(_ParamModule):
-    num_layers = SpecField()
-    batch_first = SpecField()
-    dropout = SpecField()
-    bidirectional = SpecField()
-    proj_size = SpecField()
+class _RNNBase(_ParamModule, RNNSpecFields):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,

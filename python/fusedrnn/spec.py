@@ -149,6 +149,25 @@ class SpecField:
         obj.spec = dataclasses.replace(obj.spec, **{self.name: value})
 
 
+class CellSpecFields:
+    """The configuration attributes of a module holding a :class:`CellSpec` in ``spec``."""
+
+    input_size = SpecField()
+    hidden_size = SpecField()
+    bias = SpecField()
+    reset_after = SpecField()
+
+
+class RNNSpecFields(CellSpecFields):
+    """The configuration attributes of a module holding an :class:`RNNSpec` in ``spec``."""
+
+    num_layers = SpecField()
+    batch_first = SpecField()
+    dropout = SpecField()
+    bidirectional = SpecField()
+    proj_size = SpecField()
+
+
 class _ModeSizes:
     """What a stack and a cell derive alike from ``mode`` and ``hidden_size``."""
 

@@ -92,7 +92,8 @@ from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import functional as _F
-from fusedrnn.spec import (TORCH_MODES, CellSpec, RNNSpec, SpecField, reject_proj_size,
+from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSpecFields,
+                           reject_proj_size,
                            rnn_mode, split_state)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase"]
@@ -257,22 +258,12 @@ def _draw_seed():
 # RNN / LSTM / GRU
 
 
-class RNNBase(torch.nn.Module):
+class RNNBase(RNNSpecFields, torch.nn.Module):
     """Base of :class:`RNN`, :class:`LSTM` and :class:`GRU`: the bookkeeping of
     ``torch.nn.RNNBase`` (same attributes, parameter names, shapes, order and initialisation)
     with a forward pass through fusedrnn's native stack kernels. The configuration lives in
     ``self.spec`` (:class:`fusedrnn.spec.RNNSpec`); ``input_size``, ``dropout`` ... read it,
     and assigning one re-validates it."""
-
-    input_size = SpecField()
-    hidden_size = SpecField()
-    num_layers = SpecField()
-    bias = SpecField()
-    batch_first = SpecField()
-    dropout = SpecField()
-    bidirectional = SpecField()
-    proj_size = SpecField()
-    reset_after = SpecField()
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -440,15 +431,10 @@ class GRU(RNNBase):
 # cells
 
 
-class RNNCellBase(torch.nn.Module):
+class RNNCellBase(CellSpecFields, torch.nn.Module):
     """Base of the cells: ``torch.nn.RNNCellBase``'s parameters (``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``) and initialisation; one step through the native stack (T=1).
     The configuration lives in ``self.spec`` (:class:`fusedrnn.spec.CellSpec`)."""
-
-    input_size = SpecField()
-    hidden_size = SpecField()
-    bias = SpecField()
-    reset_after = SpecField()
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device=None,
                  dtype=None, *, reset_after: bool = True):
