@@ -40,6 +40,9 @@ struct StackConfig {
   double dropout = 0.0;      // training: on every layer's output but the last
   uint64_t seed = 0;         // dropout keep-bits are a pure function of (seed, layer, element)
   void* stream = nullptr;    // the backend's stream (CUDA: cudaStream_t); unused on the CPU
+  // A host copy of lengths when lengths is device memory (the host bounds the time loop by
+  // their maximum); null otherwise, and for the CPU, which reads lengths itself.
+  const int64_t* host_lengths = nullptr;
   int64_t recurrent() const { return proj > 0 ? proj : hidden; }  // R
   int64_t layer_input(int64_t l) const { return l == 0 ? input : dirs * recurrent(); }
   bool has_dropout() const { return training && dropout > 0 && layers > 1; }

@@ -1,0 +1,46 @@
+#pragma once
+// The CUDA backend's entry points (csrc/cuda/), declared in plain C++ so the bindings (g++)
+// call them without CUDA headers. Present in a build with FUSEDRNN_WITH_CUDA == 1 only.
+//
+// Every array pointer is device memory of `device`, except StackConfig::host_lengths. Work is
+// queued on cfg.stream (a cudaStream_t; null: the legacy default stream) with no device-wide
+// synchronisation; a failed CUDA call or launch throws std::runtime_error naming the call.
+#include <cstddef>
+#include <string>
+
+#include "fusedrnn/stack.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// Devices usable now: 0 when there is no driver (cudaErrorInsufficientDriver, 35: what a
+// machine without a GPU reports) or no device (cudaErrorNoDevice, 100). Other errors throw.
+int device_count();
+
+// "NVIDIA H200", compute capability and the like, for reports.
+std::string device_name(int device);
+int runtime_version();  // cudaRuntimeGetVersion: 13000 for CUDA 13.0
+int driver_version();   // cudaDriverGetVersion: 0 without a driver
+
+// bytes from device memory src to host memory dst, queued on stream; waits for that stream
+// only (the lengths of a device call: the host needs their maximum to bound the time loop).
+void copy_to_host(void* dst, const void* src, size_t bytes, int device, void* stream);
+
+// Makes `consumer` wait for the work queued so far on `producer` (an event, no host wait): an
+// array whose producer named its stream (__cuda_array_interface__ v3) is read safely.
+void stream_wait(int device, void* producer, void* consumer);
+
+// fusedrnn/stack.h's stack_forward/stack_backward on device `device`. lengths (when not null)
+// is device memory and cfg.host_lengths must hold the same values on the host.
+template <class T>
+void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
+                   const T* x, const T* h0, const T* c0, T* y, T* h_n, T* c_n, void* reserve,
+                   int device);
+
+template <class T>
+void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
+                    const T* x, const void* reserve, const T* dy, const T* dh_n, const T* dc_n,
+                    T* dx, T* dh0, T* dc0, const StackGrads<T>* g, bool accumulate, int device);
+
+}  // namespace cuda
+}  // namespace fusedrnn
