@@ -8,6 +8,8 @@
 // * The cells' math (cells/*.h), elementwise over arrays, through visit_cell so every kind is
 //   reachable: tests/test_cells.py checks each header against fusedrnn.reference.
 // * The float32 activations (cells/activations.h), elementwise: tests/test_activations.py.
+// * Device emulation: host arrays run the CUDA backend's kernels (csrc/device) on the host
+//   executor, so tests/test_device_emulation.py checks the device code without a GPU.
 // The hooks run the generic (baseline) build of the cell code; the per-ISA copies compile the
 // same source.
 #include <pybind11/numpy.h>
@@ -17,6 +19,8 @@
 #include <cmath>
 #include <limits>
 #include <string>
+
+#include "device/emulated.h"
 
 #include "cells/activations.h"
 #include "core/registry.h"
@@ -243,6 +247,18 @@ void register_testing(py::module_& m) {
   t.def("cell_backward", &cell_backward, py::arg("kind"), py::arg("saved"), py::arg("dout"),
         py::arg("h_prev") = py::none(), py::arg("dc") = py::none(), py::arg("drh") = py::none(),
         "One cell header's backward: (dax (n, G), dah (n, G), dc_prev or None, dh_direct).");
+  t.def(
+      "set_device_emulation",
+      [](int order) {
+        FUSEDRNN_CHECK(order >= -1 && order <= 2, "order must be -1 (off), 0, 1 or 2");
+        const int old = device::emulation();
+        device::set_emulation(order);
+        return old;
+      },
+      py::arg("order"),
+      "Host arrays run the device backend's kernels on the host: order 0/1/2 runs each "
+      "launch's elements ascending/descending/permuted; -1 is off (the CPU backend). Returns "
+      "the old value. Only while no call runs.");
 }
 
 }  // namespace bind

@@ -6,6 +6,7 @@
 
 #include "core/dropout.h"
 #include "core/stack_loop.h"
+#include "device/emulated.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/stack.h"
 
@@ -83,6 +84,8 @@ struct CpuBackend {
 template <class T>
 void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
                    const T* x, const T* h0, const T* c0, T* y, T* h_n, T* c_n, void* reserve) {
+  if (device::emulation() >= 0)  // tests: the device backend's kernels, run on the host
+    return device::emulated_stack_forward<T>(cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
   run_parallel_work([&] {
     CpuBackend be;
     core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
@@ -93,6 +96,9 @@ template <class T>
 void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
                     const T* x, const void* reserve, const T* dy, const T* dh_n, const T* dc_n,
                     T* dx, T* dh0, T* dc0, const StackGrads<T>* g, bool accumulate) {
+  if (device::emulation() >= 0)
+    return device::emulated_stack_backward<T>(cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx,
+                                              dh0, dc0, g, accumulate);
   run_parallel_work([&] {
     CpuBackend be;
     core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,

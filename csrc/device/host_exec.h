@@ -1,0 +1,76 @@
+#pragma once
+// The host executor of the device backend (layer.h): the kernels' functors run in a plain loop
+// over their elements, buffers are host memory. It exists to test the device code paths
+// (every functor, the step sequence, the GEMM tiles) on a machine without a GPU; it is not a
+// fast CPU path (the CPU backend is csrc/cpu).
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+namespace fusedrnn {
+namespace device {
+
+struct HostExec {
+  template <class T>
+  class Buffer {
+   public:
+    explicit Buffer(int64_t n) : data_(n > 0 ? new T[size_t(n)] : nullptr) {
+      // Scratch starts as NaN where T is floating: a kernel that reads what no kernel wrote
+      // poisons the result instead of passing by luck (a device allocation is garbage too).
+      for (int64_t i = 0; i < n; ++i) data_[size_t(i)] = poison(T());
+    }
+    T* get() const { return data_.get(); }
+
+   private:
+    template <class U>
+    static U poison(U) {
+      if constexpr (std::numeric_limits<U>::has_quiet_NaN) return std::numeric_limits<U>::quiet_NaN();
+      else return U(0xAB);
+    }
+    std::unique_ptr<T[]> data_;
+  };
+
+  // The order the elements of a launch run in: 0 ascending, 1 descending, 2 a stride
+  // permutation. A kernel whose result depends on it (one element reading what another writes
+  // in the same launch: a race on a GPU) fails the tests in one of the orders.
+  int order = 0;
+
+  void* stream() const { return nullptr; }
+
+  template <class T>
+  Buffer<T> buffer(int64_t n) {
+    return Buffer<T>(n);
+  }
+
+  template <class F>
+  void launch(const char* /*name*/, int64_t n, const F& f) {
+    if (n <= 0) return;
+    if (order == 1) {
+      for (int64_t i = n - 1; i >= 0; --i) f(i);
+    } else if (order == 2) {
+      // i -> (i * k) mod n with k coprime to n visits every element once.
+      int64_t k = 7919 % n ? 7919 : 7907;
+      while (n > 1 && gcd(k, n) != 1) ++k;
+      for (int64_t i = 0; i < n; ++i) f(int64_t((unsigned __int128)(i) * uint64_t(k) % uint64_t(n)));
+    } else {
+      for (int64_t i = 0; i < n; ++i) f(i);
+    }
+  }
+
+  static int64_t gcd(int64_t a, int64_t b) {
+    while (b) {
+      const int64_t t = a % b;
+      a = b;
+      b = t;
+    }
+    return a;
+  }
+
+  void copy(void* dst, const void* src, size_t bytes) {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+};
+
+}  // namespace device
+}  // namespace fusedrnn

@@ -1,0 +1,183 @@
+"""The CUDA backend's code on the host: every kernel functor, the step sequence and the GEMM
+tiles of csrc/device, run by the host executor (_C._testing.set_device_emulation), against the
+float64 reference (the cases of test_native) and against the CPU backend (whole stacks).
+
+Each launch's elements run in ascending, descending and permuted order: a kernel that reads,
+within one launch, what another element of it writes (a race on a GPU) gives different
+results in different orders. Scratch buffers start as NaN, so a read of never-written device
+memory shows. What this cannot see: the CUDA launch mechanics, streams and allocation
+(csrc/cuda), which only tests/cuda on a GPU exercises.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fusedrnn import _C
+from fusedrnn import functional as F
+
+import test_native as tn
+
+ORDERS = [0, 1, 2]
+
+
+@pytest.fixture(params=ORDERS, ids=["ascending", "descending", "permuted"])
+def emulated(request):
+    old = _C._testing.set_device_emulation(request.param)
+    try:
+        yield request.param
+    finally:
+        _C._testing.set_device_emulation(old)
+
+
+def emulation_off():
+    return _C._testing.set_device_emulation(-1)
+
+
+# The sweep at T = 7 (every cell, B, H, dtype, ragged and reverse), in one order; the
+# other groups in every order.
+@pytest.mark.parametrize("cell", tn.CELLS)
+def test_sweep_matches_reference(cell):
+    old = _C._testing.set_device_emulation(0)
+    try:
+        for p in tn.SWEEP:
+            if p[0] == cell and p[1] == 7:
+                tn.case_sweep(*p)
+    finally:
+        _C._testing.set_device_emulation(old)
+
+
+@pytest.mark.parametrize("group", ["no_bias", "threaded"])
+def test_groups_match_reference(group, emulated):
+    tn.run_group(group, "cpu", f"device emulation order {emulated}")
+
+
+def test_long_matches_reference():
+    old = _C._testing.set_device_emulation(2)
+    try:
+        tn.run_group("long", "cpu", "device emulation")
+    finally:
+        _C._testing.set_device_emulation(old)
+
+
+def stack_case(mode, L, D, T, B, I, H, P, dtype, rng, bias=True):
+    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[mode]
+    R = P or H
+    params = {}
+    for l, d in itertools.product(range(L), range(D)):
+        sfx = f"_l{l}" + ("_reverse" if d else "")
+        inp = I if l == 0 else D * R
+        params["weight_ih" + sfx] = rng.uniform(-0.5, 0.5, (G * H, inp)).astype(dtype)
+        params["weight_hh" + sfx] = rng.uniform(-0.5, 0.5, (G * H, R)).astype(dtype)
+        if bias:
+            params["bias_ih" + sfx] = rng.uniform(-0.3, 0.3, G * H).astype(dtype)
+            params["bias_hh" + sfx] = rng.uniform(-0.3, 0.3, G * H).astype(dtype)
+        if P:
+            params["weight_hr" + sfx] = rng.uniform(-0.5, 0.5, (P, H)).astype(dtype)
+    return params
+
+
+STACKS = [
+    # mode, reset_after, L, D, P, batch_first, dropout, lengths, dtype
+    ("lstm", True, 2, 2, 0, False, 0.0, None, np.float64),
+    ("lstm", True, 3, 2, 3, True, 0.4, [5, 1, 3, 5], np.float64),
+    ("gru", True, 2, 2, 0, True, 0.3, [2, 5, 5, 1], np.float64),
+    ("gru", False, 3, 1, 0, False, 0.5, [5, 4, 1, 2], np.float64),
+    ("rnn_tanh", True, 2, 2, 0, False, 0.2, None, np.float32),
+    ("rnn_relu", True, 2, 1, 0, True, 0.0, [3, 5, 1, 4], np.float32),
+    ("lstm", True, 1, 2, 2, False, 0.0, [5, 2, 5, 3], np.float32),
+]
+
+
+@pytest.mark.parametrize("case", STACKS, ids=[f"{c[0]}-{'ra' if c[1] else 'rb'}-L{c[2]}D{c[3]}"
+                                               f"P{c[4]}-bf{int(c[5])}-p{c[6]}-"
+                                               f"{np.dtype(c[8]).name}" for c in STACKS])
+def test_stack_matches_cpu_backend(case, emulated):
+    """Whole stacks (layers, directions, dropout with its keep-bits, batch-first, lengths,
+    projection): the device code against the CPU backend, forward and every gradient."""
+    mode, reset_after, L, D, P, batch_first, p, lengths, dtype = case
+    rng = np.random.default_rng(11)
+    T, B, I, H = 5, 4, 3, 6
+    params = stack_case(mode, L, D, T, B, I, H, P, dtype, rng)
+    R = P or H
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * D, B, R)).astype(dtype)
+    c0 = rng.standard_normal((L * D, B, H)).astype(dtype) if mode == "lstm" else None
+    dy = rng.standard_normal((B, T, D * R) if batch_first else (T, B, D * R)).astype(dtype)
+    dh = rng.standard_normal((L * D, B, R)).astype(dtype)
+    dc = rng.standard_normal((L * D, B, H)).astype(dtype) if mode == "lstm" else None
+    lens = None if lengths is None else np.array(lengths, dtype=np.int64)
+    kw = dict(num_layers=L, bidirectional=D == 2, h0=h0, c0=c0, lengths=lens,
+              batch_first=batch_first, dropout=p, seed=77, reset_after=reset_after)
+
+    def both():
+        y, h_n, c_n, ctx = F.stack_forward(mode, x, params, **kw)
+        dx, dh0, dc0, grads = F.stack_backward(ctx, dy, dh, dc)
+        masks = ctx.keep_masks
+        return dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **grads), masks
+
+    got, got_masks = both()
+    order = emulation_off()
+    try:
+        want, want_masks = both()
+    finally:
+        _C._testing.set_device_emulation(order)
+    assert len(got_masks) == len(want_masks)
+    for a, b in zip(got_masks, want_masks):
+        np.testing.assert_array_equal(a, b)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for k, w in want.items():
+        if w is None:
+            assert got[k] is None, k
+            continue
+        scale = max(1.0, float(np.abs(w).max()))
+        err = float(np.abs(got[k].astype(np.float64) - w).max()) / scale
+        assert err <= tol, f"{k}: {err:.3e} > {tol:.1e}"
+
+
+def test_inference_matches_training(emulated):
+    rng = np.random.default_rng(4)
+    params = stack_case("gru", 2, 2, 6, 3, 4, 5, 0, np.float64, rng)
+    x = rng.standard_normal((6, 3, 4))
+    lens = np.array([6, 1, 4])
+    for reset_after in (True, False):
+        a = F.stack_forward("gru", x, params, num_layers=2, bidirectional=True, lengths=lens,
+                            reset_after=reset_after, training=True)
+        b = F.stack_forward("gru", x, params, num_layers=2, bidirectional=True, lengths=lens,
+                            reset_after=reset_after, training=False)
+        for u, v in zip(a[:2], b[:2]):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_nan_padding_does_not_reach_weight_gradients(emulated):
+    rng = np.random.default_rng(8)
+    params = stack_case("lstm", 1, 1, 4, 3, 2, 3, 0, np.float64, rng)
+    x = rng.standard_normal((4, 3, 2))
+    lens = np.array([4, 2, 1])
+    for b, n in enumerate(lens):
+        x[n:, b] = np.nan
+    y, h, c, ctx = F.stack_forward("lstm", x, params, lengths=lens)
+    _, _, _, grads = F.stack_backward(ctx, np.ones_like(y))
+    for k, g in grads.items():
+        assert np.isfinite(g).all(), k
+    assert np.isfinite(y).all()
+
+
+def test_accumulate_and_empty_batch(emulated):
+    rng = np.random.default_rng(9)
+    params = stack_case("rnn_tanh", 2, 1, 3, 2, 2, 4, 0, np.float64, rng)
+    x = rng.standard_normal((3, 2, 2))
+    y, h, _, ctx = F.stack_forward("rnn_tanh", x, params, num_layers=2)
+    _, _, _, g1 = F.stack_backward(ctx, np.ones_like(y))
+    acc = {k: v.copy() for k, v in g1.items()}
+    F.stack_backward(ctx, np.ones_like(y), grads=acc)
+    for k in g1:
+        np.testing.assert_allclose(acc[k], 2 * g1[k], rtol=1e-14, atol=0)
+    empty = np.zeros((3, 0, 2))
+    y, h, _, ctx = F.stack_forward("rnn_tanh", empty, params, num_layers=2)
+    assert y.shape == (3, 0, 4) and h.shape == (2, 0, 4)
+    dx, dh0, _, grads = F.stack_backward(ctx, np.zeros_like(y))
+    assert dx.shape == empty.shape
+    for g in grads.values():
+        assert not g.any()
