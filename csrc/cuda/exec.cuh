@@ -1,0 +1,99 @@
+#pragma once
+// The CUDA executor of the device backend (csrc/device/layer.h): a launch runs a kernels.h
+// functor one element per thread on the caller's stream; scratch is stream-ordered
+// (cudaMallocAsync/cudaFreeAsync on that stream), so nothing waits for the device. Every CUDA
+// call and launch is checked and a failure throws, naming the call or the kernel.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fusedrnn {
+namespace cuda {
+
+// Throws std::runtime_error "CUDA error in <what>: <name>: <description>" (runtime.cu).
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* what);
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw_cuda_error(err, what);
+}
+
+// The launch shape every element kernel assumes (the resource gate holds each kernel to the
+// registers this block size allows: tools/cuda_resource_gate.py).
+constexpr int kThreadsPerBlock = 256;
+
+// f(i) for i in [0, n): one element per thread, grid-stride beyond 2^20 blocks.
+template <class F>
+__global__ void __launch_bounds__(kThreadsPerBlock) for_each_kernel(int64_t n, F f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+// Makes `device` current for a scope and restores the caller's device after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = previous_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) (void)cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+struct CudaExec {
+  cudaStream_t stream_;
+
+  void* stream() const { return stream_; }
+
+  // n T's of stream-ordered device memory, freed (stream-ordered) on scope exit; n == 0: null.
+  template <class T>
+  class Buffer {
+   public:
+    Buffer(int64_t n, cudaStream_t stream) : stream_(stream) {
+      if (n > 0)
+        check(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), sizeof(T) * size_t(n), stream),
+              "cudaMallocAsync (fusedrnn scratch)");
+    }
+    ~Buffer() {
+      if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
+    }
+    Buffer(Buffer&& o) noexcept : ptr_(o.ptr_), stream_(o.stream_) { o.ptr_ = nullptr; }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    T* get() const { return ptr_; }
+
+   private:
+    T* ptr_ = nullptr;
+    cudaStream_t stream_;
+  };
+
+  template <class T>
+  Buffer<T> buffer(int64_t n) {
+    return Buffer<T>(n, stream_);
+  }
+
+  template <class F>
+  void launch(const char* name, int64_t n, const F& f) {
+    if (n <= 0) return;
+    const int64_t blocks =
+        std::min<int64_t>((n + kThreadsPerBlock - 1) / kThreadsPerBlock, int64_t(1) << 20);
+    for_each_kernel<<<unsigned(blocks), kThreadsPerBlock, 0, stream_>>>(n, f);
+    check(cudaGetLastError(), name);
+  }
+
+  void copy(void* dst, const void* src, size_t bytes) {
+    if (bytes)
+      check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_),
+            "cudaMemcpyAsync (device to device)");
+  }
+};
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,71 @@
+// fusedrnn/cuda.h's runtime queries and copies, and the error type every CUDA call reports.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/exec.cuh"
+#include "fusedrnn/cuda.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+void throw_cuda_error(cudaError_t err, const char* what) {
+  (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) +
+                           ": " + cudaGetErrorString(err));
+}
+
+int device_count() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  // No driver (a machine without a GPU: 35) or no device (100): no GPU, not an error.
+  if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  check(err, "cudaGetDeviceCount");
+  return n;
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
+         std::to_string(prop.minor) + ")";
+}
+
+int runtime_version() {
+  int v = 0;
+  check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;  // 0 without a driver
+  return v;
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes, int device, void* stream) {
+  if (!bytes) return;
+  DeviceGuard guard(device);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s),
+        "cudaMemcpyAsync (device to host)");
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (device to host copy)");
+}
+
+void stream_wait(int device, void* producer, void* consumer) {
+  if (producer == consumer) return;
+  DeviceGuard guard(device);
+  cudaEvent_t event;
+  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  cudaError_t err = cudaEventRecord(event, static_cast<cudaStream_t>(producer));
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(static_cast<cudaStream_t>(consumer), event, 0);
+  (void)cudaEventDestroy(event);  // released once the wait is satisfied
+  check(err, "cudaEventRecord/cudaStreamWaitEvent (stream_wait)");
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

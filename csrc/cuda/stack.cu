@@ -1,0 +1,57 @@
+// fusedrnn/cuda.h's stack entry points: the stack loop (core/stack_loop.h) over the device
+// backend (device/layer.h) with the CUDA executor, on the caller's device and stream.
+#include <stdexcept>
+
+#include "core/stack_loop.h"
+#include "cuda/exec.cuh"
+#include "device/layer.h"
+#include "fusedrnn/cuda.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+namespace {
+void check_lengths(const StackConfig& cfg, const int64_t* lengths) {
+  if (lengths && !cfg.host_lengths)
+    throw std::invalid_argument("cuda::stack: device lengths need their host copy "
+                                "(StackConfig::host_lengths)");
+}
+}  // namespace
+
+template <class T>
+void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
+                   const T* x, const T* h0, const T* c0, T* y, T* h_n, T* c_n, void* reserve,
+                   int device) {
+  check_lengths(cfg, lengths);
+  DeviceGuard guard(device);
+  CudaExec ex{static_cast<cudaStream_t>(cfg.stream)};
+  fusedrnn::device::DeviceBackend<CudaExec> be{
+      ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
+  core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+}
+
+template <class T>
+void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int64_t* lengths,
+                    const T* x, const void* reserve, const T* dy, const T* dh_n, const T* dc_n,
+                    T* dx, T* dh0, T* dc0, const StackGrads<T>* g, bool accumulate, int device) {
+  check_lengths(cfg, lengths);
+  DeviceGuard guard(device);
+  CudaExec ex{static_cast<cudaStream_t>(cfg.stream)};
+  fusedrnn::device::DeviceBackend<CudaExec> be{
+      ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
+  core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
+                               accumulate);
+}
+
+#define FUSEDRNN_INSTANTIATE_CUDA_STACK(T)                                                     \
+  template void stack_forward<T>(const StackConfig&, const StackWeights<T>*, const int64_t*,  \
+                                 const T*, const T*, const T*, T*, T*, T*, void*, int);       \
+  template void stack_backward<T>(const StackConfig&, const StackWeights<T>*, const int64_t*, \
+                                  const T*, const void*, const T*, const T*, const T*, T*, T*, \
+                                  T*, const StackGrads<T>*, bool, int);
+
+FUSEDRNN_INSTANTIATE_CUDA_STACK(float)
+FUSEDRNN_INSTANTIATE_CUDA_STACK(double)
+
+}  // namespace cuda
+}  // namespace fusedrnn
