@@ -181,3 +181,15 @@ def test_accumulate_and_empty_batch(emulated):
     assert dx.shape == empty.shape
     for g in grads.values():
         assert not g.any()
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_cublas_mapping(ta, tb):
+    """The row-major -> column-major mapping of the cuBLAS GEMM (device/blas_mapping.h), run
+    on the CPU's column-major BLAS: cuBLAS takes the same call."""
+    rng = np.random.default_rng(3)
+    M, N, K = 5, 7, 3
+    a = rng.standard_normal((K, M) if ta else (M, K))
+    b = rng.standard_normal((N, K) if tb else (K, N))
+    want = (a.T if ta else a) @ (b.T if tb else b)
+    np.testing.assert_allclose(_C._testing.colmajor_gemm(ta, tb, a, b), want, rtol=1e-13)

@@ -20,6 +20,9 @@
 #include <limits>
 #include <string>
 
+#include <cblas.h>
+
+#include "device/blas_mapping.h"
 #include "device/emulated.h"
 
 #include "cells/activations.h"
@@ -221,6 +224,23 @@ py::tuple cell_backward(int kind, py::handle saved, py::handle dout, py::handle 
                           : cell_backward_typed<float>(k, saved, dout, h_prev, dc, drh);
 }
 
+// Row-major C = op(A) op(B) computed as the column-major call cuBLAS gets
+// (device/blas_mapping.h), on the CPU's column-major BLAS: checks the mapping.
+py::array_t<double> colmajor_gemm(bool ta, bool tb, py::array_t<double, py::array::c_style> a,
+                                  py::array_t<double, py::array::c_style> b) {
+  FUSEDRNN_CHECK(a.ndim() == 2 && b.ndim() == 2, "a and b must be 2-D");
+  const int64_t M = ta ? a.shape(1) : a.shape(0), K = ta ? a.shape(0) : a.shape(1);
+  const int64_t N = tb ? b.shape(0) : b.shape(1);
+  FUSEDRNN_CHECK((tb ? b.shape(1) : b.shape(0)) == K, "inner dimensions differ");
+  py::array_t<double> c({M, N});
+  const device::ColMajorGemm m = device::to_col_major(ta, tb, M, N, K);
+  scipy_cblas_dgemm(CblasColMajor, m.trans_first ? CblasTrans : CblasNoTrans,
+                    m.trans_second ? CblasTrans : CblasNoTrans, int(m.m), int(m.n), int(m.k), 1.0,
+                    b.data(), int(b.shape(1)), a.data(), int(a.shape(1)), 0.0, c.mutable_data(),
+                    int(N));
+  return c;
+}
+
 }  // namespace
 
 void register_testing(py::module_& m) {
@@ -259,6 +279,8 @@ void register_testing(py::module_& m) {
       "Host arrays run the device backend's kernels on the host: order 0/1/2 runs each "
       "launch's elements ascending/descending/permuted; -1 is off (the CPU backend). Returns "
       "the old value. Only while no call runs.");
+  t.def("colmajor_gemm", &colmajor_gemm, py::arg("trans_a"), py::arg("trans_b"), py::arg("a"),
+        py::arg("b"), "op(a) @ op(b) through the column-major mapping the cuBLAS call uses.");
 }
 
 }  // namespace bind

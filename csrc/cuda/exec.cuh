@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/cublas.h"
+
 namespace fusedrnn {
 namespace cuda {
 
@@ -86,6 +88,13 @@ struct CudaExec {
         std::min<int64_t>((n + kThreadsPerBlock - 1) / kThreadsPerBlock, int64_t(1) << 20);
     for_each_kernel<<<unsigned(blocks), kThreadsPerBlock, 0, stream_>>>(n, f);
     check(cudaGetLastError(), name);
+  }
+
+  // The vendor GEMM when there is one (cuBLAS, loaded at run time); false: run GemmTile.
+  template <class T>
+  bool vendor_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                   int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+    return cublas_gemm<T>(stream_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
 
   void copy(void* dst, const void* src, size_t bytes) {

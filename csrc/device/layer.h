@@ -9,7 +9,8 @@
 //   launch(name, n, f)                  f(i) for i in [0, n), any order
 //   buffer<T>(n)                        scratch of n T's, freed on scope exit (.get())
 //   copy(dst, src, bytes)               device to device
-// and the GEMM/GEMV below are launches of kernels.h's GemmTile/GemvT.
+//   vendor_gemm(...) -> bool            a vendor BLAS's GEMM (cuBLAS), or false
+// and the GEMM/GEMV below are launches of kernels.h's GemmTile/GemvT where no vendor GEMM runs.
 //
 // Forward, per step s: hp = h W_hh^T (one GEMM over the batch; the two-phase GRU: its r, z
 // blocks, ResetGatesStep, then the n block on r h), ForwardStep (the cell, saved values, y),
@@ -36,6 +37,7 @@ template <class T, class Exec>
 void gemm(Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;  // K <= 0: C = beta C (the k loop is empty)
+  if (ex.vendor_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   const int64_t tiles_n = (N + GemmTile<T>::kTile - 1) / GemmTile<T>::kTile;
   ex.launch("gemm", GemmTile<T>::tiles(M, N),
             GemmTile<T>{ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tiles_n});
@@ -69,6 +71,12 @@ struct DeviceLayer {
   static constexpr int G = Cell::kGates;
   static constexpr int S = Cell::kSaved;
 
+  // dst (cols, rows) = src (rows, cols)^T.
+  static void transpose(Exec& ex, const T* src, T* dst, int64_t rows, int64_t cols) {
+    if (rows * cols > 0)
+      ex.launch("transpose", rows * cols, SwapLeadingAxes<T>{src, dst, rows, cols, 1});
+  }
+
   // Zeros of a by-time array's rows no step reaches (times >= steps).
   static void zero_tail(Exec& ex, T* a, int64_t width, int64_t ld, int64_t steps, int64_t Tn,
                         int64_t B) {
@@ -89,11 +97,20 @@ struct DeviceLayer {
       zero_tail(ex, p.h_prev, R, R, hs.steps, Tn, B);
       if (proj) zero_tail(ex, p.proj_in, H, H, hs.steps, Tn, B);
     }
+    // The weights transposed once per call, (K, N) row-major: in every per-step GEMM,
+    // neighbouring threads then read neighbouring columns of one row (coalesced), where W
+    // itself would have them read rows K elements apart.
+    auto w_ih_t = ex.template buffer<T>(GH * I), w_hh_t = ex.template buffer<T>(GH * R);
+    auto w_hr_t = ex.template buffer<T>(proj ? R * H : 0);
+    transpose(ex, p.w_ih, w_ih_t.get(), GH, I);
+    transpose(ex, p.w_hh, w_hh_t.get(), GH, R);
+    if (proj) transpose(ex, p.w_hr, w_hr_t.get(), R, H);
     // Input pre-activations of every step: XP = X W_ih^T + b_ih.
     auto xp = ex.template buffer<T>(TB * GH);
     if (TB > 0) {
       ex.launch("bias rows", TB * GH, BiasRows<T>{xp.get(), p.b_ih, GH});
-      gemm<T>(ex, false, true, TB, GH, I, T(1), p.x, ld_x, p.w_ih, I, T(1), xp.get(), GH);
+      gemm<T>(ex, false, false, TB, GH, I, T(1), p.x, ld_x, w_ih_t.get(), GH, T(1), xp.get(),
+              GH);
     }
     auto zeros = ex.template buffer<T>(p.b_hh ? 0 : GH);
     if (!p.b_hh) ex.launch("fill", GH, Fill<T>{zeros.get(), T(0)});
@@ -118,18 +135,18 @@ struct DeviceLayer {
 
     for (int64_t s = 0; s < hs.steps && B > 0; ++s) {
       const StepShape<T> sh{map, s, B, H, R, proj, training};
-      gemm<T>(ex, false, true, B, k1, R, T(1), h_cur, R, p.w_hh, R, T(0), hp.get(), GH);
+      gemm<T>(ex, false, false, B, k1, R, T(1), h_cur, R, w_hh_t.get(), GH, T(0), hp.get(), GH);
       if constexpr (Cell::kTwoPhase) {
         ex.launch("reset gates", B * H,
                   ResetGatesStep<Cell, T>{sh, xp.get(), hp.get(), b_hh, h_cur, rh.get(), saved});
-        gemm<T>(ex, false, true, B, H, H, T(1), rh.get(), H, p.w_hh + k1 * R, R, T(0),
+        gemm<T>(ex, false, false, B, H, H, T(1), rh.get(), H, w_hh_t.get() + k1, GH, T(0),
                 hp.get() + k1, GH);
       }
       ex.launch("forward step", B * H,
                 ForwardStep<Cell, T>{sh, xp.get(), hp.get(), b_hh, h_cur, h_next, c.get(),
                                      out.get(), p.y, ld_y, saved, p.h_prev, p.proj_in});
       if (proj) {
-        gemm<T>(ex, false, true, B, R, H, T(1), out.get(), H, p.w_hr, H, T(0), h_next, R);
+        gemm<T>(ex, false, false, B, R, H, T(1), out.get(), H, w_hr_t.get(), R, T(0), h_next, R);
         ex.launch("projection commit", B * R,
                   ProjectionCommit<T>{sh, h_cur, h_next, p.y, ld_y, p.h_prev});
       }

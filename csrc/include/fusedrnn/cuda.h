@@ -7,6 +7,7 @@
 // synchronisation; a failed CUDA call or launch throws std::runtime_error naming the call.
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "fusedrnn/stack.h"
 
@@ -21,6 +22,11 @@ int device_count();
 std::string device_name(int device);
 int runtime_version();  // cudaRuntimeGetVersion: 13000 for CUDA 13.0
 int driver_version();   // cudaDriverGetVersion: 0 without a driver
+
+// cuBLAS, loaded at the first GEMM from these paths (then the dynamic linker's search for
+// libcublas.so.13); without it the own GEMM kernel runs. cublas_status says which.
+void set_cublas_candidates(const std::vector<std::string>& paths);
+std::string cublas_status();
 
 // bytes from device memory src to host memory dst, queued on stream; waits for that stream
 // only (the lengths of a device call: the host needs their maximum to bound the time loop).
