@@ -182,7 +182,7 @@ Arg cai_arg(py::handle obj, const std::string& name, const CallDevice* call) {
   int device = call->device;
   if (device < 0) {
     const int n = usable_devices();
-    FUSEDRNN_CHECK(n == 1, name, where, " names no device, and this process sees ", n,
+    FUSEDRNN_CHECK(n == 1, name, where, ", which names no device, and this process sees ", n,
                    " CUDA devices: pass it as an array with __dlpack__ (a torch tensor, a CuPy "
                    "array)");
     device = 0;

@@ -59,15 +59,14 @@ def show_config() -> None:
     cuda_line = "no"
     if c["cuda"]:
         v = cuda.versions()
-        cuda_line = (f"yes, runtime {v['runtime'] // 1000}.{v['runtime'] % 1000 // 10}, "
-                     f"sm {c['cuda_architectures']}")
+        cuda_line = f"yes, runtime {v['runtime'] // 1000}.{v['runtime'] % 1000 // 10}"
+        if c["cuda_architectures"]:
+            cuda_line += f", sm {c['cuda_architectures']}"
     elif c["cuda_architectures"]:
         cuda_line += f" (device code compile-checked for sm {c['cuda_architectures']})"
-    devices = "none usable (no GPU, or no driver)"
+    devices = f"none usable ({c['cuda_error'] or 'no GPU, or no driver'})"
     if c["cuda_devices"]:
         devices = ", ".join(f"{i}: {cuda.get_device_name(i)}" for i in range(c["cuda_devices"]))
-    if c["cuda_error"]:
-        devices += f" ({c['cuda_error']})"
     lines = [
         f"fusedrnn {__version__}",
         f"  compiler        : {c['compiler']} (C++17, OpenMP {c['openmp']})",
