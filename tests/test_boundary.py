@@ -120,6 +120,80 @@ def test_device_arrays_get_a_clear_error(arg):
         F.stack_forward("rnn_tanh", x, p, h0=h0)
 
 
+WITH_CUDA = _C.config()["cuda"]
+needs_cpu_only_build = pytest.mark.skipif(WITH_CUDA, reason="this build has the CUDA backend")
+
+
+@needs_cpu_only_build
+@pytest.mark.parametrize("device_type, shown", [(13, "cuda:0"), (10, "device type 10:0")])
+def test_other_device_types_get_the_built_without_cuda_error(device_type, shown):
+    # 13 (CUDA managed memory) is taken as CUDA; any device array is refused before export
+    p = stack_params("rnn_tanh", layers=1, D=1)
+    with pytest.raises(TypeError, match=rf"x is on {shown}, but this fusedrnn was built "
+                                        r"without CUDA"):
+        F.stack_forward("rnn_tanh", FakeDeviceArray(device_type), p)
+
+
+class FakeCudaArrayInterface:
+    """An array with only __cuda_array_interface__ (as Numba's device arrays)."""
+
+    __cuda_array_interface__ = {"shape": (B,), "typestr": "<i8", "data": (4096, False),
+                                "strides": None, "version": 3, "stream": 1}
+
+
+@needs_cpu_only_build
+def test_cuda_array_interface_gets_the_built_without_cuda_error():
+    p = stack_params("rnn_tanh", layers=1, D=1)
+    with pytest.raises(TypeError, match=r"x is a CUDA array \(__cuda_array_interface__\), but "
+                                        r"this fusedrnn was built without CUDA"):
+        F.stack_forward("rnn_tanh", FakeCudaArrayInterface(), p)
+    with pytest.raises(TypeError, match=r"weight_hh_l0 is a CUDA array"):
+        F.stack_forward("rnn_tanh", np.zeros((T, B, I), np.float32),
+                        {**p, "weight_hh_l0": FakeCudaArrayInterface()})
+
+
+@pytest.mark.parametrize("lengths, shown", [(FakeDeviceArray(), "cuda:0"),
+                                            (FakeCudaArrayInterface(),
+                                             r"cuda \(__cuda_array_interface__\)")])
+def test_device_lengths_with_a_host_x_name_both_devices(lengths, shown):
+    # checked before lengths is exported or converted, in every build
+    p = stack_params("lstm", layers=1, D=1)
+    with pytest.raises(ValueError, match=rf"lengths is on {shown} but x is on cpu: lengths must "
+                                         r"be on x's device"):
+        F.stack_forward("lstm", np.zeros((T, B, I), np.float32), p, lengths=lengths)
+
+
+@needs_cpu_only_build
+def test_gemm_refuses_device_arrays():
+    c = np.zeros((2, 2), np.float32)
+    with pytest.raises(TypeError, match=r"a is on cuda:0, but this fusedrnn was built without"):
+        _C.gemm(FakeDeviceArray(), c, c)
+
+
+def test_stream_keyword_is_ignored_for_host_arrays():
+    p = stack_params("lstm", layers=1, D=1)
+    x = np.random.default_rng(3).standard_normal((T, B, I)).astype(np.float32)
+    kind = _C.CELLS["lstm"]["kind"]
+    args = (kind, x, p, 1, False, False, None, None, None, False, 0.0, 0, True, True, None)
+    y0, _, _, r0, s0 = _C.stack_forward(*args)
+    y1, _, _, r1, s1 = _C.stack_forward(*args, stream=12345)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_array_equal(s0, s1)  # host calls are stamped whatever the stream
+    dy = np.ones_like(y0)
+    back = (kind, x, p, 1, False, False, None, None, None, False, 0.0, 0)
+    g0 = _C.stack_backward(*back, r0, s0, dy, None, None, None, None)
+    g1 = _C.stack_backward(*back, r1, s1, dy, None, None, None, None, stream=7)
+    np.testing.assert_array_equal(g0[0], g1[0])
+    with pytest.raises(TypeError):
+        _C.stack_forward(*args, stream=-1)
+
+
+def test_stream_and_allocator_of_host_arrays():
+    x = np.zeros((T, B, I), np.float32)
+    assert F._stream(x) == 0 and F._allocator(x) is None
+    assert F._stream(FakeDeviceArray()) == 0 and F._allocator(FakeDeviceArray()) is None
+
+
 def test_non_array_argument_names_itself():
     p = stack_params("rnn_tanh", layers=1, D=1)
     p["weight_ih_l0"] = [[1.0]]
@@ -133,6 +207,13 @@ def test_non_array_argument_names_itself():
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def test_torch_cpu_tensors_run_on_the_default_stream_argument():
+    torch = torch_or_skip()
+    x = torch.zeros(T, B, I)
+    assert F._stream(x) == 0
+    assert F._allocator(x)((2, 3), "float64").dtype == torch.float64
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_relu"])

@@ -25,6 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import fusedrnn  # noqa: E402
 import fusedrnn.torch as ft  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
@@ -686,18 +687,20 @@ def test_bad_cell_input():
 
 def test_non_cpu_tensors_are_refused():
     m = ft.LSTM(I, H).to("meta")
-    with pytest.raises(RuntimeError, match="only CPU tensors"):
+    with pytest.raises(RuntimeError, match="only CPU and CUDA tensors"):
         m(torch.empty(T, B, I, device="meta"))
-    with pytest.raises(RuntimeError, match="only CPU tensors"):
+    with pytest.raises(RuntimeError, match="only CPU and CUDA tensors"):
         ft.GRUCell(I, H).to("meta")(torch.empty(B, I, device="meta"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_tensors_are_refused():
+def test_cuda_tensors_without_the_cuda_backend_are_refused():
+    if fusedrnn.cuda.is_available():
+        pytest.skip("fusedrnn runs CUDA tensors here (tests/cuda)")
     m = ft.LSTM(I, H).cuda()
-    with pytest.raises(RuntimeError, match="CUDA tensors are not supported"):
+    with pytest.raises(RuntimeError, match="CUDA tensors need fusedrnn's CUDA backend, but "):
         m(torch.randn(T, B, I, device="cuda"))
-    with pytest.raises(RuntimeError, match="CUDA tensors are not supported"):
+    with pytest.raises(RuntimeError, match="CUDA tensors need fusedrnn's CUDA backend"):
         ft.LSTM(I, H)(torch.randn(T, B, I, device="cuda"))
 
 

@@ -1,4 +1,5 @@
-// Runtime and build facts: threads, workspaces, config(), and the package's GEMM door.
+// Runtime and build facts: threads, workspaces, config(), CUDA devices, and the package's GEMM
+// door.
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -11,6 +12,9 @@
 #include "fusedrnn/api.h"
 #include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
+#if FUSEDRNN_WITH_CUDA
+#include "fusedrnn/cuda.h"
+#endif
 
 namespace fusedrnn {
 namespace bind {
@@ -58,6 +62,41 @@ void gemm(py::handle a_, py::handle b_, py::handle c_, bool trans_a, bool trans_
   else gemm_typed<double>(a, b, c, trans_a, trans_b, alpha, beta);
 }
 
+// CUDA devices usable now: 0 without the CUDA backend, and with no GPU or no driver; another
+// CUDA error raises RuntimeError.
+int cuda_device_count() {
+#if FUSEDRNN_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+std::string cuda_device_name(int device) {
+#if FUSEDRNN_WITH_CUDA
+  const int n = cuda::device_count();
+  FUSEDRNN_CHECK(device >= 0 && device < n, "device must lie in [0, ", n, "), got ", device,
+                 n == 0 ? " (no CUDA device is usable: no GPU, or no driver)" : "");
+  return cuda::device_name(device);
+#else
+  throw std::runtime_error("cuda_device_name: this fusedrnn was built without CUDA");
+#endif
+}
+
+// The CUDA runtime the backend was built with and the driver's CUDA version (as 13000 for
+// 13.0); zeros without the CUDA backend, driver 0 without a driver.
+py::dict cuda_versions() {
+  py::dict d;
+#if FUSEDRNN_WITH_CUDA
+  d["runtime"] = cuda::runtime_version();
+  d["driver"] = cuda::driver_version();
+#else
+  d["runtime"] = 0;
+  d["driver"] = 0;
+#endif
+  return d;
+}
+
 py::dict config() {
   py::dict d;
   d["version"] = FUSEDRNN_VERSION;
@@ -67,8 +106,18 @@ py::dict config() {
   d["blas_core"] = blas_core();
   d["openmp"] = std::to_string(_OPENMP);
   d["num_threads"] = get_num_threads();
-  d["cuda"] = bool(FUSEDRNN_WITH_CUDA);
+  d["cuda"] = bool(FUSEDRNN_WITH_CUDA);  // built with the CUDA backend
   d["cuda_architectures"] = FUSEDRNN_CUDA_ARCHITECTURES_STR;
+  // config() never raises: an unexpected CUDA error is reported as text, with 0 devices.
+  std::string cuda_error;
+  int devices = 0;
+  try {
+    devices = cuda_device_count();
+  } catch (const std::exception& e) {
+    cuda_error = e.what();
+  }
+  d["cuda_devices"] = devices;
+  d["cuda_error"] = cuda_error;
   d["simd_compiled"] = simd_compiled();
   d["simd_cpu"] = simd_cpu();
   d["simd_path"] = simd_path();
@@ -84,6 +133,13 @@ void register_runtime(py::module_& m) {
   m.def("release_workspaces", &workspace_trim,
         "Frees the workspace buffers kept between calls (up to 8 buffers, 512 MiB).");
   m.def("config", &config);
+  m.def("cuda_device_count", &cuda_device_count,
+        "CUDA devices usable now (0 without the CUDA backend, a GPU or a driver).");
+  m.def("cuda_device_name", &cuda_device_name, py::arg("device") = 0);
+  m.def("cuda_versions", &cuda_versions,
+        "{'runtime': CUDA runtime version, 'driver': driver's CUDA version} (as 13000 for "
+        "13.0; zeros without the CUDA backend, driver 0 without a driver).");
+  m.attr("WITH_CUDA") = bool(FUSEDRNN_WITH_CUDA);
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
         "c = alpha op(a) op(b) + beta c in place, on fusedrnn's threads and BLAS.");

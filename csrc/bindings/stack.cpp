@@ -1,5 +1,6 @@
 // The stack entry point: validate the arrays, allocate outputs and the training state with the
-// caller's allocator, stamp what backward will read, release the GIL, call fusedrnn/stack.h.
+// caller's allocator, stamp what backward will read (host calls), release the GIL, call
+// fusedrnn/stack.h (x on the CPU) or fusedrnn/cuda.h (x on a CUDA device, on the call's stream).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,8 +13,12 @@
 #include "bindings/arrays.h"
 #include "core/registry.h"
 #include "fusedrnn/api.h"
+#include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
 #include "fusedrnn/stack.h"
+#if FUSEDRNN_WITH_CUDA
+#include "fusedrnn/cuda.h"
+#endif
 
 namespace fusedrnn {
 namespace bind {
@@ -41,11 +46,14 @@ struct StackCall {
   bool layer = false;
   DType dtype = DType::Float32;
   bool has_bias = false;
+  CallDevice call;  // the stream, and x's device once x is read
   Arg x;
   std::optional<Arg> h0, c0;
-  std::optional<py::array> lengths;     // int64, host
+  std::optional<py::array> lengths;     // int64, host (a device call: the host copy)
+  std::optional<Arg> device_lengths;    // a device call's lengths, what the kernels read
   std::vector<Arg> weights;             // per (l, d): w_ih, w_hh, [b_ih, b_hh], [w_hr]
   std::vector<std::string> names;
+  bool on_device() const { return !x.view.device.is_cpu(); }
   int64_t R() const { return cfg.recurrent(); }
   int64_t LD() const { return cfg.layers * cfg.dirs; }
   std::vector<int64_t> state_shape(int64_t width) const {
@@ -58,9 +66,16 @@ struct StackCall {
   }
 };
 
-// lengths: None, or B integers in [1, T] (any integer dtype, a list, a CPU tensor); int64.
-std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
-  if (obj.is_none()) return std::nullopt;
+// Each of B lengths in [1, T], checked in the signedness given (2^63 + k is not negative).
+template <class Acc>
+void check_length_values(const Acc& acc, int64_t B, int64_t T) {
+  for (int64_t b = 0; b < B; ++b)
+    FUSEDRNN_CHECK(acc(b) >= 1 && uint64_t(acc(b)) <= uint64_t(T),
+                   "lengths must lie in [1, T] = [1, ", T, "], got lengths[", b, "] = ", acc(b));
+}
+
+// A host call's lengths: B integers in [1, T] (any integer dtype, a list, a CPU tensor); int64.
+py::array host_lengths_arg(py::handle obj, int64_t B, int64_t T) {
   py::array l = py::array::ensure(obj);
   // An empty list (an empty batch's lengths) arrives as float64: no values, nothing to cast.
   FUSEDRNN_CHECK_TYPE(l && (l.dtype().kind() == 'i' || l.dtype().kind() == 'u' ||
@@ -72,17 +87,50 @@ std::optional<py::array> lengths_arg(py::handle obj, int64_t B, int64_t T) {
   // C-contiguous and aligned (a view at a byte offset is copied): the kernels read int64s.
   constexpr int kFlags =
       py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-  // Checked in the signedness given, so that 2^63 + k is not reported as negative.
-  auto check = [&](auto typed) {
-    auto acc = typed.template unchecked<1>();
-    for (int64_t b = 0; b < B; ++b)
-      FUSEDRNN_CHECK(acc(b) >= 1 && uint64_t(acc(b)) <= uint64_t(T),
-                     "lengths must lie in [1, T] = [1, ", T, "], got lengths[", b, "] = ", acc(b));
-  };
-  if (l.dtype().kind() == 'u') check(py::array_t<uint64_t, kFlags>::ensure(l));
+  if (l.dtype().kind() == 'u')
+    check_length_values(py::array_t<uint64_t, kFlags>::ensure(l).unchecked<1>(), B, T);
   auto l64 = py::array_t<int64_t, kFlags>::ensure(l);
-  if (l.dtype().kind() != 'u') check(l64);
+  if (l.dtype().kind() != 'u') check_length_values(l64.unchecked<1>(), B, T);
   return l64;
+}
+
+std::string device_text(const Device& d) {  // an id of -1: a __cuda_array_interface__ array
+  return d.id < 0 && !d.is_cpu() ? "cuda (__cuda_array_interface__)" : d.str();
+}
+
+// lengths: None, or B integers in [1, T], on x's device. A host call takes any integer array
+// (host_lengths_arg). A device call takes an int64 device array, C-contiguous, shape (B,): it is
+// copied to the host (the host bounds the time loop by the maximum, cfg.host_lengths) and checked
+// there; the kernels read the device array.
+void lengths_arg(StackCall& a, py::handle obj) {
+  if (obj.is_none()) return;
+  const int64_t B = a.cfg.batch, T = a.cfg.steps;
+  const Device xdev = a.x.view.device;
+  const Device ldev = device_of(obj);
+  FUSEDRNN_CHECK(ldev.is_cpu() == xdev.is_cpu(), "lengths is on ", device_text(ldev),
+                 " but x is on ", xdev.str(), ": lengths must be on x's device",
+                 xdev.is_cpu() ? "" : " (an int64 array there)");
+  if (xdev.is_cpu()) {
+    a.lengths = host_lengths_arg(obj, B, T);
+    return;
+  }
+  Arg l = array_arg(obj, "lengths", &a.call);
+  check_same_device(l, "lengths", xdev);
+  check_dtype(l, "lengths", DType::Int64, " (the lengths of a device call)");
+  FUSEDRNN_CHECK(l.view.ndim == 1 && l.view.shape[0] == B, "lengths must have shape (batch,) = (",
+                 B, ",), got ", l.view.shape_str());
+  py::array_t<int64_t> host(static_cast<py::ssize_t>(B));
+#if FUSEDRNN_WITH_CUDA
+  if (B > 0) {
+    int64_t* dst = host.mutable_data();
+    py::gil_scoped_release nogil;
+    cuda::copy_to_host(dst, l.view.data, size_t(B) * sizeof(int64_t), xdev.id, a.cfg.stream);
+  }
+#endif
+  check_length_values(host.unchecked<1>(), B, T);
+  a.cfg.host_lengths = host.data();  // host's buffer, kept alive by a.lengths
+  a.lengths = std::move(host);
+  a.device_lengths = std::move(l);
 }
 
 // How the single-layer API names a parameter.
@@ -98,7 +146,7 @@ std::string layer_name(const std::string& name) {
 StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_layers,
                    bool bidirectional, bool reverse, py::handle h0_, py::handle c0_,
                    py::handle lengths_, bool batch_first, double dropout, uint64_t seed,
-                   bool training, bool layer) {
+                   bool training, bool layer, uint64_t stream) {
   FUSEDRNN_CHECK(valid_cell_kind(kind_int), "unknown cell kind ", kind_int);
   FUSEDRNN_CHECK(!layer || (num_layers == 1 && !bidirectional && !batch_first),
                  "a single-layer call is one layer, one direction, time-major");
@@ -120,8 +168,10 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
   cfg.dropout = dropout;
   cfg.seed = seed;
   cfg.training = training;
+  cfg.stream = reinterpret_cast<void*>(static_cast<uintptr_t>(stream));
+  a.call.stream = stream;
 
-  a.x = array_arg(x_, "x");
+  a.x = array_arg(x_, "x", &a.call);
   a.dtype = first_float(a.x, "x");
   const ArrayView& xv = a.x.view;
   FUSEDRNN_CHECK(xv.ndim == 3, "x must be 3-D with shape ",
@@ -138,10 +188,11 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
                          "0), got shape ",
                  xv.shape_str());
   const Device dev = xv.device;
+  if (!dev.is_cpu()) a.call.device = dev.id;  // __cuda_array_interface__ arrays: x's device
 
   auto get = [&](const std::string& name) -> std::optional<Arg> {
     if (!params.contains(name)) return std::nullopt;
-    Arg w = array_arg(params[name.c_str()], shown(name));
+    Arg w = array_arg(params[name.c_str()], shown(name), &a.call);
     check_dtype(w, shown(name), a.dtype, " (the dtype of x)");
     check_same_device(w, shown(name), dev);
     return w;
@@ -195,7 +246,7 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
                      cfg.proj ? " and projection" : "");
     }
   }
-  a.h0 = optional_array_arg(h0_, "h0");
+  a.h0 = optional_array_arg(h0_, "h0", &a.call);
   if (a.h0) {
     check_dtype(*a.h0, "h0", a.dtype, " (the dtype of x)");
     check_same_device(*a.h0, "h0", dev);
@@ -203,7 +254,7 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
                 layer ? (cfg.proj ? "(batch, proj_size)" : "(batch, hidden_size)")
                       : "(num_layers*num_directions, batch, output_size)");
   }
-  a.c0 = optional_array_arg(c0_, "c0");
+  a.c0 = optional_array_arg(c0_, "c0", &a.call);
   FUSEDRNN_CHECK(!a.c0 || lstm, "c0 is only defined for the LSTM");
   if (a.c0) {
     check_dtype(*a.c0, "c0", a.dtype, " (the dtype of x)");
@@ -211,7 +262,7 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
     check_shape(*a.c0, "c0", a.state_shape(H),
                 layer ? "(batch, hidden_size)" : "(num_layers*num_directions, batch, hidden_size)");
   }
-  a.lengths = lengths_arg(lengths_, cfg.batch, cfg.steps);
+  lengths_arg(a, lengths_);
   // The BLAS takes 32-bit sizes.
   FUSEDRNN_CHECK(cfg.steps * cfg.batch <= INT_MAX && GH <= INT_MAX,
                  "sizes too large for the 32-bit BLAS: T*B and G*hidden_size must be < 2^31");
@@ -254,13 +305,49 @@ py::object object_or_none(const std::optional<Arg>& a) {
   return a ? a->object : py::none();
 }
 const int64_t* lengths_ptr(const StackCall& a) {
+  if (a.device_lengths) return a.device_lengths->ptr<const int64_t>();
   return a.lengths ? static_cast<const int64_t*>(a.lengths->data()) : nullptr;
+}
+
+// fusedrnn/stack.h on the CPU, fusedrnn/cuda.h on x's CUDA device (without the GIL).
+template <class T>
+void run_forward(const StackCall& a, const StackWeights<T>* w, T* y, T* h_n, T* c_n,
+                 void* reserve) {
+  if (!a.on_device()) {
+    stack_forward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), cptr<T>(a.h0),
+                     cptr<T>(a.c0), y, h_n, c_n, reserve);
+    return;
+  }
+#if FUSEDRNN_WITH_CUDA
+  cuda::stack_forward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), cptr<T>(a.h0),
+                         cptr<T>(a.c0), y, h_n, c_n, reserve, a.x.view.device.id);
+#else
+  throw std::logic_error("a device array reached the kernels of a build without CUDA");
+#endif
+}
+
+template <class T>
+void run_backward(const StackCall& a, const StackWeights<T>* w, const void* reserve,
+                  const T* dy, const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
+                  const StackGrads<T>* g, bool accumulate) {
+  if (!a.on_device()) {
+    stack_backward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), reserve, dy, dh_n, dc_n,
+                      dx, dh0, dc0, g, accumulate);
+    return;
+  }
+#if FUSEDRNN_WITH_CUDA
+  cuda::stack_backward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), reserve, dy, dh_n,
+                          dc_n, dx, dh0, dc0, g, accumulate, a.x.view.device.id);
+#else
+  throw std::logic_error("a device array reached the kernels of a build without CUDA");
+#endif
 }
 
 // Content stamps (fusedrnn::content_stamps) of what backward reads besides the reserve: a
 // training forward stamps them, backward checks them, so an in-place change in between (an
 // optimizer step, load_state_dict, a reused input buffer) raises instead of mixing old
-// activations with new values.
+// activations with new values. Host calls only: stamping reads the memory on the host, and a
+// device call is not stamped (torch's version counters guard the torch adapter there).
 struct Stamped {
   std::vector<std::string> names;
   std::vector<const void*> data;
@@ -286,16 +373,20 @@ template <class T>
 py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
   const StackConfig& cfg = a.cfg;
   const int64_t R = a.R();
-  Arg y = allocate(alloc, a.seq_shape(cfg.dirs * R), a.dtype);
-  Arg h_n = allocate(alloc, a.state_shape(R), a.dtype);
+  const Device& dev = a.x.view.device;
+  auto out = [&](const std::vector<int64_t>& shape, DType dtype) {
+    return allocate(alloc, shape, dtype, dev, &a.call);
+  };
+  Arg y = out(a.seq_shape(cfg.dirs * R), a.dtype);
+  Arg h_n = out(a.state_shape(R), a.dtype);
   std::optional<Arg> c_n;
-  if (cell_info(cfg.kind).cell_state) c_n = allocate(alloc, a.state_shape(cfg.hidden), a.dtype);
+  if (cell_info(cfg.kind).cell_state) c_n = out(a.state_shape(cfg.hidden), a.dtype);
   std::optional<Arg> reserve;
   const StateLayout layout = stack_state_layout(cfg, sizeof(T));
-  if (cfg.training) reserve = allocate(alloc, {int64_t(layout.bytes)}, DType::UInt8);
+  if (cfg.training) reserve = out({int64_t(layout.bytes)}, DType::UInt8);
   std::optional<Stamped> stamped;
   std::optional<py::array_t<uint64_t>> stamps;
-  if (cfg.training && check_inplace) {
+  if (cfg.training && check_inplace && !a.on_device()) {
     stamped.emplace(a);
     stamps = py::array_t<uint64_t>(py::ssize_t(stamped->data.size()));
   }
@@ -304,9 +395,8 @@ py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
   {
     py::gil_scoped_release nogil;
     if (stamped) stamped->compute(stamp_out);
-    stack_forward<T>(cfg, w.data(), lengths_ptr(a), a.x.ptr<const T>(), cptr<T>(a.h0),
-                     cptr<T>(a.c0), y.ptr<T>(), h_n.ptr<T>(), ptr<T>(c_n),
-                     reserve ? reserve->view.data : nullptr);
+    run_forward<T>(a, w.data(), y.ptr<T>(), h_n.ptr<T>(), ptr<T>(c_n),
+                   reserve ? reserve->view.data : nullptr);
   }
   // A NumPy reserve is handed back read-only: it is backward's input, and a change to it in
   // between would go unnoticed (a torch reserve is guarded by autograd's saved tensors).
@@ -320,9 +410,10 @@ py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
 py::tuple py_stack_forward(int kind, py::handle x, py::dict params, int64_t num_layers,
                            bool bidirectional, bool reverse, py::handle h0, py::handle c0,
                            py::handle lengths, bool batch_first, double dropout, uint64_t seed,
-                           bool training, bool check_inplace, py::handle alloc, bool layer) {
+                           bool training, bool check_inplace, py::handle alloc, bool layer,
+                           uint64_t stream) {
   StackCall a = validate(kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
-                         batch_first, dropout, seed, training, layer);
+                         batch_first, dropout, seed, training, layer, stream);
   if (a.dtype == DType::Float32) return forward_typed<float>(a, check_inplace, alloc);
   return forward_typed<double>(a, check_inplace, alloc);
 }
@@ -333,10 +424,14 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
                          const std::optional<Arg>& dc_n, py::object grads_in, py::handle alloc) {
   const StackConfig& cfg = a.cfg;
   const int64_t R = a.R();
-  Arg dx = allocate(alloc, a.seq_shape(cfg.input), a.dtype);
-  Arg dh0 = allocate(alloc, a.state_shape(R), a.dtype);
+  const Device& dev = a.x.view.device;
+  auto out = [&](const std::vector<int64_t>& shape, DType dtype) {
+    return allocate(alloc, shape, dtype, dev, &a.call);
+  };
+  Arg dx = out(a.seq_shape(cfg.input), a.dtype);
+  Arg dh0 = out(a.state_shape(R), a.dtype);
   std::optional<Arg> dc0;
-  if (cell_info(cfg.kind).cell_state) dc0 = allocate(alloc, a.state_shape(cfg.hidden), a.dtype);
+  if (cell_info(cfg.kind).cell_state) dc0 = out(a.state_shape(cfg.hidden), a.dtype);
   const bool accumulate = !grads_in.is_none();
   py::dict grads;
   std::vector<Arg> gargs;
@@ -352,14 +447,14 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
     if (accumulate) {
       FUSEDRNN_CHECK(grads.contains(name), "grads is missing '", name, "'");
       const std::string label = "grads['" + name + "']";
-      Arg g = array_arg(grads[name.c_str()], label);
+      Arg g = array_arg(grads[name.c_str()], label, &a.call);
       check_dtype(g, label, a.dtype, " (the dtype of x)");
-      check_same_device(g, label, a.x.view.device);
+      check_same_device(g, label, dev);
       check_shape(g, label, shape, "like the parameter");
       check_writeable(g, label);
       gargs.push_back(std::move(g));
     } else {
-      gargs.push_back(allocate(alloc, shape, a.dtype));
+      gargs.push_back(out(shape, a.dtype));
       grads[name.c_str()] = gargs.back().object;
     }
   }
@@ -387,9 +482,8 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
               "saved activations with the new values. Run the forward again after changing an "
               "input or a parameter."));
     }
-    stack_backward<T>(cfg, w.data(), lengths_ptr(a), a.x.ptr<const T>(), reserve.view.data,
-                      cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n), dx.ptr<T>(), dh0.ptr<T>(),
-                      ptr<T>(dc0), g.data(), accumulate);
+    run_backward<T>(a, w.data(), reserve.view.data, cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n),
+                    dx.ptr<T>(), dh0.ptr<T>(), ptr<T>(dc0), g.data(), accumulate);
   }
   return py::make_tuple(dx.object, dh0.object, object_or_none(dc0), grads);
 }
@@ -399,14 +493,14 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
                             py::handle lengths, bool batch_first, double dropout, uint64_t seed,
                             py::handle reserve_, py::handle stamps_, py::handle dy_,
                             py::handle dh_n_, py::handle dc_n_, py::object grads,
-                            py::handle alloc, bool layer) {
+                            py::handle alloc, bool layer, uint64_t stream) {
   StackCall a = validate(kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
-                         batch_first, dropout, seed, /*training=*/true, layer);
+                         batch_first, dropout, seed, /*training=*/true, layer, stream);
   const StackConfig& cfg = a.cfg;
   const Device dev = a.x.view.device;
   const int64_t R = a.R();
   const size_t elem = a.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
-  Arg reserve = array_arg(reserve_, "reserve");
+  Arg reserve = array_arg(reserve_, "reserve", &a.call);
   check_dtype(reserve, "reserve", DType::UInt8, " (the training state of the forward call)");
   check_same_device(reserve, "reserve", dev);
   check_shape(reserve, "reserve", {int64_t(stack_state_layout(cfg, elem).bytes)},
@@ -414,10 +508,12 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
   FUSEDRNN_CHECK(reinterpret_cast<uintptr_t>(reserve.view.data) % elem == 0,
                  "reserve must be aligned to ", elem, " bytes");
   std::optional<py::array> stamps;
+  FUSEDRNN_CHECK(stamps_.is_none() || !a.on_device(), "stamps must be None for a device call "
+                 "(device calls are not content-stamped)");
   if (!stamps_.is_none()) stamps = py::array::ensure(stamps_);
   auto opt = [&](py::handle obj, const char* name, std::vector<int64_t> shape,
                  const char* meaning) -> std::optional<Arg> {
-    std::optional<Arg> v = optional_array_arg(obj, name);
+    std::optional<Arg> v = optional_array_arg(obj, name, &a.call);
     if (v) {
       check_dtype(*v, name, a.dtype, " (the dtype of x)");
       check_same_device(*v, name, dev);
@@ -473,16 +569,21 @@ void register_stack(py::module_& m) {
         py::arg("num_layers"), py::arg("bidirectional"), py::arg("reverse"), py::arg("h0"),
         py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"),
         py::arg("seed"), py::arg("training"), py::arg("check_inplace"), py::arg("alloc"),
-        py::arg("layer") = false,
+        py::arg("layer") = false, py::arg("stream") = 0,
         "Whole stack. Returns (y, h_n, c_n or None, reserve or None, stamps or None); outputs "
-        "and the training state come from alloc(shape, dtype_name).");
+        "and the training state come from alloc(shape, dtype_name), on x's device. x on a CUDA "
+        "device runs there, on `stream` (a cudaStream_t as an int; 0: the legacy default "
+        "stream), with lengths an int64 array on that device; a device call is not "
+        "content-stamped (stamps None).");
   m.def("stack_backward", &py_stack_backward, py::arg("kind"), py::arg("x"), py::arg("params"),
         py::arg("num_layers"), py::arg("bidirectional"), py::arg("reverse"), py::arg("h0"),
         py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"),
         py::arg("seed"), py::arg("reserve"), py::arg("stamps"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("grads"), py::arg("alloc"), py::arg("layer") = false,
-        "BPTT through a training stack_forward with the same arguments and its reserve. "
-        "Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
+        py::arg("stream") = 0,
+        "BPTT through a training stack_forward with the same arguments and its reserve, on "
+        "`stream` for a device call (the current stream at backward time, which need not be "
+        "the forward's). Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
   m.def("state_layout", &py_state_layout, py::arg("kind"), py::arg("steps"), py::arg("batch"),
         py::arg("input"), py::arg("hidden"), py::arg("proj"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("batch_first"), py::arg("dropout"),

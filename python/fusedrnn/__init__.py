@@ -1,13 +1,14 @@
 """fusedrnn: fused LSTM, GRU and vanilla-RNN kernels (forward and BPTT) for NumPy.
 
-Submodules: :mod:`fusedrnn.functional` (native kernels on arrays) and
-:mod:`fusedrnn.reference` (the pure-NumPy specification).
+Submodules: :mod:`fusedrnn.functional` (native kernels on arrays),
+:mod:`fusedrnn.reference` (the pure-NumPy specification) and :mod:`fusedrnn.cuda` (whether the
+CUDA backend is built and usable here).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 
 from fusedrnn._loader import _C
-from fusedrnn import functional, reference
+from fusedrnn import cuda, functional, reference
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 
 try:
@@ -16,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
-           "functional", "reference", "show_config", "config", "set_num_threads",
+           "cuda", "functional", "reference", "show_config", "config", "set_num_threads",
            "get_num_threads", "release_workspaces", "__version__"]
 
 
@@ -46,23 +47,35 @@ def release_workspaces() -> None:
 
 
 def config() -> dict:
-    """Build and runtime facts: version, compiler, BLAS, threads, CUDA, SIMD (``simd_path``:
-    the instruction set the kernels run on)."""
+    """Build and runtime facts: version, compiler, BLAS, threads, CUDA (``cuda``: built with
+    the CUDA backend; ``cuda_devices``: devices usable now), SIMD (``simd_path``: the
+    instruction set the kernels run on)."""
     return dict(_C.config())
 
 
 def show_config() -> None:
     """Prints :func:`config` (compiler, BLAS, OpenMP threads, CUDA, the SIMD path taken)."""
     c = config()
+    cuda_line = "no"
+    if c["cuda"]:
+        v = cuda.versions()
+        cuda_line = f"yes, runtime {v['runtime'] // 1000}.{v['runtime'] % 1000 // 10}"
+        if c["cuda_architectures"]:
+            cuda_line += f", sm {c['cuda_architectures']}"
+    elif c["cuda_architectures"]:
+        cuda_line += f" (device code compile-checked for sm {c['cuda_architectures']})"
+    devices = f"none usable ({c['cuda_error'] or 'no GPU, or no driver'})"
+    if c["cuda_devices"]:
+        devices = ", ".join(f"{i}: {cuda.get_device_name(i)}" for i in range(c["cuda_devices"]))
     lines = [
         f"fusedrnn {__version__}",
         f"  compiler        : {c['compiler']} (C++17, OpenMP {c['openmp']})",
         f"  BLAS            : {c['blas']}, core {c['blas_core']}",
         f"  BLAS config     : {c['blas_config']}",
         f"  threads         : {c['num_threads']} (OpenMP and BLAS; fusedrnn.set_num_threads)",
-        f"  CUDA backend    : {'yes' if c['cuda'] else 'no'}"
-        + (f" (device code compile-checked for sm {c['cuda_architectures']})"
-           if c["cuda_architectures"] and not c["cuda"] else ""),
+        f"  CUDA backend    : {cuda_line}",
+        *([f"  CUDA devices    : {devices} (fusedrnn.cuda.is_available(): "
+           f"{cuda.is_available()})"] if c["cuda"] else []),
         f"  SIMD compiled   : {c['simd_compiled']}",
         f"  SIMD on this CPU: {c['simd_cpu']}",
         f"  SIMD path taken : {c['simd_path']} (the kernels' instruction set; FUSEDRNN_ISA "

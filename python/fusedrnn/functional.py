@@ -3,7 +3,16 @@
 Arrays may be NumPy arrays or anything with ``__dlpack__`` (torch tensors, passed detached);
 outputs come back as the same kind, allocated by the caller's library (NumPy, or torch's
 allocator), and so does the training state a forward keeps for backward (``ctx.reserve``).
-Device arrays raise until the CUDA backend lands.
+
+Device arrays: when fusedrnn is built with the CUDA backend (:func:`fusedrnn.cuda.is_available`),
+CuPy arrays and torch CUDA tensors run on their device, on the framework's current stream
+(torch: ``torch.cuda.current_stream``; CuPy: ``cupy.cuda.get_current_stream``; at backward
+time, the stream current then), and come back as the same kind on the same device. Objects with
+only ``__cuda_array_interface__`` (Numba) are read too, taken to be on x's device. Every array
+of a call must be on x's device, ``lengths`` included (for a device x an int64 array there; it
+is copied to the host once per call to be checked), and C-contiguous: a strided device array
+raises ``ValueError`` rather than being copied. Without the CUDA backend a device array raises
+``TypeError``.
 
 Single layer (shapes as ``torch.nn.RNN/LSTM/GRU``; ``G`` = 1, 4 or 3 gates, ``R`` =
 hidden_size, or proj_size for an LSTM with projection):
@@ -31,10 +40,12 @@ and return a dict with keys ``x, h0, weight_ih, weight_hh`` and, where they appl
 ``c0, bias_ih, bias_hh, weight_hr``.
 
 The GIL is released while the kernels run. ``ctx`` keeps references to the input, initial
-state and weight arrays; a training forward stamps their contents (a fast checksum) and
-backward raises ``RuntimeError`` if one of them was modified in place in between (an optimizer
-step, ``load_state_dict``, a reused input buffer), as torch does, rather than combining old
-activations with new values.
+state and weight arrays; a training forward on host arrays stamps their contents (a fast
+checksum) and backward raises ``RuntimeError`` if one of them was modified in place in between
+(an optimizer step, ``load_state_dict``, a reused input buffer), as torch does, rather than
+combining old activations with new values. A device call is not stamped (that would read every
+array back to the host): changing its inputs in place before backward goes unnoticed (the torch
+adapter is guarded by torch's version counters instead).
 """
 
 from __future__ import annotations
@@ -68,14 +79,51 @@ def _kind(mode: str, reset_after: bool = True) -> int:
 
 def _allocator(x: Array) -> Optional[Callable[[Tuple[int, ...], str], Array]]:
     """``alloc(shape, dtype_name)`` in the library of ``x``: outputs and the training state
-    are owned by the caller's array library (torch's allocator for torch tensors); None for
-    NumPy (the native side allocates NumPy arrays itself, faster than a call back)."""
-    if isinstance(x, np.ndarray) or not type(x).__module__.startswith("torch"):
+    are owned by the caller's array library (torch's allocator for torch tensors, on the
+    tensor's device; CuPy's memory pool for CuPy arrays, on the array's device); None for NumPy
+    and any other host array (the native side allocates NumPy arrays itself, faster than a call
+    back). A device array of another library gets None, which the native side refuses with an
+    error naming x's device."""
+    if isinstance(x, np.ndarray):
         return None
-    import torch
+    module = type(x).__module__
+    if module.startswith("torch"):
+        import torch
 
-    device = x.device
-    return lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        device = x.device
+        return lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype),
+                                                device=device)
+    if module.startswith("cupy"):
+        import cupy
+
+        device_id = x.device.id
+
+        def alloc(shape, dtype):
+            with cupy.cuda.Device(device_id):
+                return cupy.empty(shape, dtype=dtype)
+        return alloc
+    return None
+
+
+def _stream(x: Array) -> int:
+    """The stream a call on ``x`` runs on, as the native side takes it (a ``cudaStream_t`` as an
+    int, 0 for the legacy default stream): the framework's current stream on x's device (torch,
+    CuPy); 0 for host arrays and other libraries."""
+    if isinstance(x, np.ndarray):
+        return 0
+    module = type(x).__module__
+    if module.startswith("torch"):
+        if x.device.type != "cuda":
+            return 0
+        import torch
+
+        return torch.cuda.current_stream(x.device).cuda_stream
+    if module.startswith("cupy"):
+        import cupy
+
+        with cupy.cuda.Device(x.device.id):
+            return cupy.cuda.get_current_stream().ptr
+    return 0
 
 
 class StackContext:
@@ -126,7 +174,7 @@ class StackContext:
     @property
     def keep_masks(self) -> list:
         """Dropout keep-masks after each layer but the last, (T, B, D*R) time-major bools
-        (None where no dropout was applied)."""
+        of the reserve's library and device (None where no dropout was applied)."""
         T, B, R = self._shape()
         D = 2 if self.bidirectional else 1
         w_ih = self.params["weight_ih_l0"]
@@ -143,11 +191,11 @@ class StackContext:
                 out.append(None)
                 continue
             piece = self.reserve[off:off + n]
-            if isinstance(piece, np.ndarray):
-                out.append(piece.view(np.bool_).reshape(T, B, D * R).copy())
-            else:  # a torch tensor
+            if type(piece).__module__.startswith("torch"):
                 import torch
                 out.append(piece.view(torch.bool).reshape(T, B, D * R).clone())
+            else:  # NumPy, or CuPy (same view/copy API, on the reserve's device)
+                out.append(piece.view(np.bool_).reshape(T, B, D * R).copy())
         return out
 
     def __repr__(self) -> str:
@@ -175,11 +223,12 @@ def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: 
 
     Returns ``(y, h_n, c_n, ctx)``: y (T, B, D*R) (batch-first if asked), h_n (L*D, B, R),
     c_n (L*D, B, H) or None, ctx (a :class:`StackContext`, None unless ``training``).
-    ``ctx.keep_masks`` holds the dropout masks (time-major bools). A training forward stamps
-    the contents of ``x``, ``h0``, ``c0`` and the parameters and :func:`stack_backward` raises
-    ``RuntimeError`` if one was modified in place in between (``check_inplace=False`` skips
-    the stamps, for a caller that tracks modifications itself, as the torch adapter does with
-    autograd's version counters)."""
+    ``ctx.keep_masks`` holds the dropout masks (time-major bools). A training forward on host
+    arrays stamps the contents of ``x``, ``h0``, ``c0`` and the parameters and
+    :func:`stack_backward` raises ``RuntimeError`` if one was modified in place in between
+    (``check_inplace=False`` skips the stamps, for a caller that tracks modifications itself,
+    as the torch adapter does with autograd's version counters). A device call (x on a CUDA
+    device, see the module docstring) is never stamped."""
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays keyed by PyTorch's names, got "
                         f"{type(params).__name__}")
@@ -193,9 +242,13 @@ def _forward(kind, mode, x, params, num_layers, bidirectional, reverse, h0, c0, 
              batch_first, dropout, seed, training, check_inplace, layer):
     """The native call and the context, arguments checked and converted (positional: this runs
     once per cell step in a Python loop)."""
+    if type(x) is np.ndarray:  # the common case, without two calls per step
+        alloc, stream = None, 0
+    else:
+        alloc, stream = _allocator(x), _stream(x)
     y, h_n, c_n, reserve, stamps = _C.stack_forward(
         kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths, batch_first,
-        dropout, seed, training, check_inplace, _allocator(x), layer)
+        dropout, seed, training, check_inplace, alloc, layer, stream)
     ctx = None
     if training:
         ctx = StackContext(mode, kind, layer, num_layers, bidirectional, reverse, batch_first,
@@ -225,10 +278,12 @@ def _stack_backward(ctx, dy, dh_n, dc_n, grads):
     if ctx.reserve is None:
         raise RuntimeError("stack_backward: this context's arrays were released "
                            "(release_arrays) and not restored")
+    # x is the forward's array: its library allocates the gradients; the stream is the one
+    # current now (torch runs a backward on the forward's stream, CuPy on the caller's)
     return _C.stack_backward(ctx.kind, ctx.x, ctx.params, ctx.num_layers, ctx.bidirectional,
                              ctx.reverse, ctx.h0, ctx.c0, ctx.lengths, ctx.batch_first,
                              ctx.dropout, ctx.seed, ctx.reserve, ctx.stamps, dy, dh_n, dc_n,
-                             grads, _allocator(ctx.x), ctx.layer)
+                             grads, _allocator(ctx.x), ctx.layer, _stream(ctx.x))
 
 
 # ---------------------------------------------------------------------------------------------

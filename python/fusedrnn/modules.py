@@ -14,14 +14,22 @@ Training interface (no autograd here, explicit backward)::
 
 Unlike ``torch.nn``, a new module starts in eval mode (inference saves nothing); call
 ``train()`` or pass ``need_grad=True`` to a forward call to be able to run backward.
+
+On a GPU (a fusedrnn built with CUDA, :func:`fusedrnn.cuda.is_available`, and CuPy installed),
+``module.to("cuda")`` makes the parameters and their gradients CuPy arrays on the device;
+forward, backward, ``zero_grad``, ``state_dict``/``load_state_dict`` and ``to_torch`` then work
+on CuPy arrays, and ``module.to("cpu")`` brings everything back to NumPy. ``fusedrnn.optim``,
+``fusedrnn.optim.clip_grad_*`` and the ``fusedrnn.nn`` layers are NumPy-only.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from fusedrnn import cuda as _cuda
 from fusedrnn import functional as F
 from fusedrnn.nn import Module, _float_dtype, _make_rng
 from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSpecFields,
@@ -50,8 +58,32 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-def _to_numpy_or_none(value):
-    return None if value is None else _to_numpy(value)
+def _expand(a, axis):
+    """``np.expand_dims(a, axis)`` for NumPy and CuPy arrays alike (a view)."""
+    return a[(slice(None),) * axis + (None,)]
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise ImportError("module.to('cuda') keeps the parameters as CuPy arrays, and CuPy is "
+                          "not installed: pip install the CuPy wheel of your CUDA version "
+                          "(cupy-cuda12x, cupy-cuda13x)") from e
+    return cupy
+
+
+def _parse_device(device):
+    """("cpu", None) or ("cuda", index or None) from "cpu", "cuda", "cuda:N" (or an object whose
+    str() is one, such as a torch.device)."""
+    text = str(device)
+    if text == "cpu":
+        return "cpu", None
+    if text == "cuda":
+        return "cuda", None
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 class _ParamModule(Module, CellSpecFields):
@@ -65,6 +97,110 @@ class _ParamModule(Module, CellSpecFields):
         for name, shape in self.spec.param_shapes().items():
             self._register_parameter(name, rng.uniform(-bound, bound, shape).astype(self.dtype))
         self.training = False
+        self._device = "cpu"
+
+    # -- devices ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """Where the parameters are: "cpu" (NumPy arrays) or "cuda:N" (CuPy arrays)."""
+        return self._device
+
+    def to(self, device):
+        """Moves the parameters and their gradients to ``device`` and returns self: "cpu"
+        (NumPy arrays) or "cuda" / "cuda:N" (CuPy arrays on that device; "cuda" is CuPy's
+        current device). Needs a fusedrnn built with CUDA and a GPU (``RuntimeError`` otherwise,
+        saying which is missing) and CuPy (``ImportError``).
+
+        A move replaces the parameter and gradient arrays (on the same device nothing
+        changes): build optimizers and :func:`fusedrnn.nn.collect_parameters` views after it,
+        and note that ``fusedrnn.optim`` is NumPy-only. The state a training-mode forward kept
+        for ``backward`` is dropped (run the forward again). On a CUDA device the module takes
+        and returns CuPy arrays on that device, and ``state_dict()`` holds CuPy copies."""
+        kind, index = _parse_device(device)
+        if kind == "cpu":
+            target = "cpu"
+
+            def move(a):
+                return a if isinstance(a, np.ndarray) else a.get()  # CuPy -> NumPy
+        else:
+            if not _cuda.is_available():
+                raise RuntimeError(f"{type(self).__name__}.to({device!r}): "
+                                   f"{_cuda._why_unavailable()}")
+            cupy = _import_cupy()
+            if index is None:
+                index = cupy.cuda.Device().id
+            count = _cuda.device_count()
+            if index >= count:
+                raise ValueError(f"{type(self).__name__}.to({device!r}): this process sees "
+                                 f"{count} CUDA device{'' if count == 1 else 's'}")
+            target = f"cuda:{index}"
+
+            def move(a):
+                if isinstance(a, cupy.ndarray) and a.device.id == index:
+                    return a
+                with cupy.cuda.Device(index):  # copy() also copies from another device
+                    return cupy.asarray(a) if isinstance(a, np.ndarray) else a.copy()
+        if target == self._device:
+            return self
+        for name, p in list(self._parameters.items()):
+            self._parameters[name] = move(p)
+        for name, g in list(self.grads.items()):
+            self.grads[name] = None if g is None else move(g)
+        self._drop_saved()
+        self._device = target
+        return self
+
+    def cuda(self, device: Optional[int] = None):
+        """``to("cuda")`` (or ``to(f"cuda:{device}")``)."""
+        return self.to("cuda" if device is None else f"cuda:{int(device)}")
+
+    def cpu(self):
+        """``to("cpu")``."""
+        return self.to("cpu")
+
+    def _drop_saved(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _as_array(self, value, name):
+        """``value`` as an array of the parameters' kind: NumPy on the CPU (torch tensors are
+        copied to NumPy; a CuPy array raises), a CuPy array on the module's device for a CUDA
+        module (anything else raises: no implicit copies to the device)."""
+        owner = type(self).__name__
+        if self._device == "cpu":
+            if not hasattr(value, "detach") and hasattr(value, "__cuda_array_interface__"):
+                raise ValueError(f"{owner}: {name} is a {type(value).__name__} on a CUDA device "
+                                 f"but the module is on cpu: move the module with "
+                                 f".to('cuda'), or the array to the host")
+            return _to_numpy(value)
+        cupy = sys.modules["cupy"]  # imported by to()
+        if value is None:
+            raise ValueError(f"{owner}: {name} must be a CuPy array, got None")
+        if not isinstance(value, cupy.ndarray):
+            raise ValueError(f"{owner}: {name} is a {type(value).__name__} but the module is on "
+                             f"{self._device}: pass a CuPy array on that device (cupy.asarray), "
+                             f"or move the module with .to('cpu')")
+        if f"cuda:{value.device.id}" != self._device:
+            raise ValueError(f"{owner}: {name} is on cuda:{value.device.id} but the module is "
+                             f"on {self._device}")
+        return value
+
+    def _as_optional(self, value, name):
+        return None if value is None else self._as_array(value, name)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """As :meth:`fusedrnn.nn.Module.load_state_dict`; values (NumPy, torch or CuPy arrays)
+        are copied onto the module's device."""
+        if self._device == "cpu":
+            return super().load_state_dict(state_dict, strict)
+        from fusedrnn.nn import _check_state_dict
+
+        cupy = sys.modules["cupy"]
+        checked = _check_state_dict(dict(self.named_parameters()), state_dict, strict)
+        for k, v in checked.items():
+            p = self._parameters[k]
+            with cupy.cuda.Device(p.device.id):
+                p[...] = cupy.asarray(v, dtype=p.dtype)
 
     @property
     def mode(self) -> str:
@@ -84,7 +220,11 @@ class _ParamModule(Module, CellSpecFields):
     def _load_into(self, m):
         import torch
 
-        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._parameters.items()})
+        host = {k: v.copy() if isinstance(v, np.ndarray) else v.get()
+                for k, v in self._parameters.items()}
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in host.items()})
+        if self._device != "cpu":
+            m.to(self._device)
         return m.train(self.training)
 
 
@@ -99,6 +239,9 @@ class _RNNBase(_ParamModule, RNNSpecFields):
         self._rng = _make_rng(rng, seed)
         self._ctx = None
         self._init_params(dtype, self._rng)
+
+    def _drop_saved(self):
+        self._ctx = None
 
     @property
     def num_directions(self) -> int:
@@ -120,7 +263,8 @@ class _RNNBase(_ParamModule, RNNSpecFields):
         Returns ``(y, h_n)``, or ``(y, (h_n, c_n))`` for the LSTM: y (T, B, D*R)."""
         spec = self.spec
         h0, c0 = spec.split_hx(hx, type(self).__name__)
-        x, h0, c0 = _to_numpy(x), _to_numpy_or_none(h0), _to_numpy_or_none(c0)
+        x, h0, c0 = (self._as_array(x, "x"), self._as_optional(h0, "h0"),
+                     self._as_optional(c0, "c0"))
         batched, _ = spec.check_forward(x, h0, c0, owner=type(self).__name__, style="numpy")
         if x.dtype != self.dtype:
             raise TypeError(f"x must have dtype {self.dtype} like the module's parameters, got "
@@ -128,7 +272,7 @@ class _RNNBase(_ParamModule, RNNSpecFields):
         if not batched:
             if lengths is not None:
                 raise ValueError("lengths needs batched input")
-            x = np.expand_dims(x, spec.batch_axis)
+            x = _expand(x, spec.batch_axis)
             h0 = None if h0 is None else h0[:, None]
             c0 = None if c0 is None else c0[:, None]
         keep = self.training if need_grad is None else bool(need_grad)
@@ -164,11 +308,11 @@ class _RNNBase(_ParamModule, RNNSpecFields):
             def expand(name, a, axis):
                 if a is None:
                     return None
-                a = _to_numpy(a)
+                a = self._as_array(a, name)
                 if a.ndim != 2:
                     raise ValueError(f"{name} must be 2-D for unbatched input (like the "
                                      f"forward's output), got shape {a.shape}")
-                return np.expand_dims(a, axis)
+                return _expand(a, axis)
             dh_n = expand("dh_n", dh_n, 1)
             dc_n = expand("dc_n", dc_n, 1)
             dy = expand("dy", dy, spec.batch_axis)
@@ -255,8 +399,8 @@ class _CellBase(_ParamModule):
     def _prepare(self, x, states, labels):
         """x as a (1, B, I) sequence, the states as (B, H) arrays, and whether x was
         unbatched."""
-        x = _to_numpy(x)
-        states = [_to_numpy_or_none(s) for s in states]
+        x = self._as_array(x, "x")
+        states = [self._as_optional(s, label) for s, label in zip(states, labels)]
         batched = self.spec.check_step(x, states, owner=type(self).__name__, style="numpy",
                                        labels=labels)
         if x.dtype != self.dtype:
@@ -306,6 +450,8 @@ class _CellBase(_ParamModule):
         """Drops the contexts kept by training-mode calls that will not be back-propagated."""
         self._stack.clear()
 
+    _drop_saved = clear_saved
+
 
 class _SingleStateCell(_CellBase):
     def forward(self, x, hx=None, *, need_grad: Optional[bool] = None):
@@ -323,7 +469,7 @@ class _SingleStateCell(_CellBase):
         """Back-propagates the most recent kept step: ``dh`` like h'. Adds parameter gradients
         into :attr:`grads`. Returns ``(dx, dh_prev)``."""
         ctx, unbatched = self._latest()
-        dh = _to_numpy(dh)
+        dh = self._as_array(dh, "dh")
         dh = dh[None] if unbatched else dh
         fn = F.gru_backward if self.spec.mode == "gru" else F.rnn_backward
         g = fn(ctx, None, dh)
@@ -379,8 +525,8 @@ class LSTMCell(_CellBase):
         """Back-propagates the most recent kept step: ``dh``, ``dc`` like h', c' (``dc`` None
         for zero). Returns ``(dx, (dh_prev, dc_prev))``."""
         ctx, unbatched = self._latest()
-        dh = _to_numpy(dh)
-        dc = _to_numpy_or_none(dc)
+        dh = self._as_array(dh, "dh")
+        dc = self._as_optional(dc, "dc")
         if unbatched:
             dh = dh[None]
             dc = None if dc is None else dc[None]

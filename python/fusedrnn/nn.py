@@ -109,6 +109,8 @@ def _check_state_dict(named, state_dict, strict=True):
         v = state_dict[k]
         if hasattr(v, "detach") and hasattr(v, "cpu"):   # a torch tensor, without importing torch
             v = v.detach().cpu().numpy()
+        elif type(v).__module__.startswith("cupy") and hasattr(v, "get"):  # a CuPy array
+            v = v.get()
         try:
             v = np.asarray(v)
         except Exception as e:  # pragma: no cover - exotic objects

@@ -26,14 +26,21 @@ batch order). ``GRU``/``GRUCell`` take one extra keyword, ``reset_after=True`` (
 Each forward is one native call for the whole stack (all layers and directions) through a
 ``torch.autograd.Function``; its backward is one native BPTT call that returns the gradients of
 the input, ``h_0``, ``c_0`` and every parameter. Tensors cross to the kernels through DLPack
-without copies (a non-contiguous one is copied once); the outputs, the gradients and the training
-state kept between forward and backward are allocated by torch's allocator, and that state is
+without copies (a non-contiguous CPU one is copied once; a non-contiguous CUDA one is made
+contiguous by torch first); the outputs, the gradients and the training state kept between
+forward and backward are allocated by torch's allocator on the input's device, and that state is
 saved in the autograd context like any tensor (freed with the graph after backward).
+
+CUDA: with a fusedrnn built with the CUDA backend and a GPU (:func:`fusedrnn.cuda.is_available`),
+CUDA tensors run on fusedrnn's CUDA kernels, on torch's current stream
+(``torch.cuda.current_stream``), so ``model.cuda()`` works as with ``torch.nn.LSTM``.
 
 Differences from PyTorch, all deliberate:
 
-* CPU only, float32 and float64. A CUDA (or other non-CPU) tensor, or another dtype, raises a
-  ``RuntimeError``/``TypeError`` that says so; use ``torch.nn.LSTM`` there.
+* CPU and CUDA tensors, float32 and float64. A CUDA tensor where fusedrnn has no CUDA backend
+  or no GPU, a tensor on another device, or another dtype, raises a ``RuntimeError``/
+  ``TypeError`` that says so; use ``torch.nn.LSTM`` there. Every tensor of a call must be on
+  the parameters' device (``RuntimeError`` naming the odd one, as torch.nn).
 * Every tensor of a call (input, states, parameters) must have the parameters' dtype; a mix
   raises a ``ValueError`` naming the odd one. torch.nn is inconsistent there (``LSTMCell``
   with float32 weights and a float64 ``c`` returns float64 states; a float64 ``LSTM`` casts a
@@ -91,6 +98,7 @@ import torch
 from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fusedrnn import cuda as _cuda
 from fusedrnn import functional as _F
 from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSpecFields,
                            reject_proj_size,
@@ -106,23 +114,38 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def _detached(t):
-    """The tensor as the kernels take it (DLPack refuses tensors that require grad)."""
-    return None if t is None else t.detach()
+    """The tensor as the kernels take it: detached (DLPack refuses tensors that require grad)
+    and, on a CUDA device, contiguous (the native side copies strided host arrays itself, but
+    makes no device copies; autograd hands expanded gradients to backward)."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t if t.device.type == "cpu" else t.contiguous()
 
 
 def _check_tensors(owner, tensors):
-    """Every tensor on the CPU, in float32 or float64, all of one dtype (that of the weights)."""
+    """Every tensor on the CPU, or on a CUDA device where fusedrnn can run there, all on the
+    device of the first (the weights), in float32 or float64, all of one dtype (the weights')."""
+    device = tensors[0][1].device
     for name, t in tensors:
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.device.type != "cpu":
-            what = ("CUDA tensors are not supported in this version of fusedrnn.torch"
-                    if t.device.type == "cuda" else "only CPU tensors are supported")
-            raise RuntimeError(f"{owner}: {name} is on {t.device}: {what}. Move the module and "
-                               f"its inputs to the CPU, or use the torch.nn class on this "
-                               f"device.")
+            if t.device.type != "cuda":
+                what = "only CPU and CUDA tensors are supported"
+            elif not _cuda.is_available():
+                what = f"CUDA tensors need fusedrnn's CUDA backend, but {_cuda._why_unavailable()}"
+            else:
+                what = None
+            if what is not None:
+                raise RuntimeError(f"{owner}: {name} is on {t.device}: {what}. Move the module "
+                                   f"and its inputs to the CPU, or use the torch.nn class on "
+                                   f"this device.")
+        if t.device != device:
+            raise RuntimeError(f"{owner}: {name} is on {t.device} but the parameters are on "
+                               f"{device}: all tensors must be on one device")
         if t.layout != torch.strided:
             raise TypeError(f"{owner}: {name} must be a dense (strided) tensor, got {t.layout}")
     dtype = tensors[0][1].dtype
@@ -149,8 +172,8 @@ class _Config:
 def _native_forward(cfg, x, h0, c0, weights, training):
     """One native stack call on tensors: outputs (and, training, the reserve in the returned
     context) are torch tensors from torch's allocator."""
-    params = {n: w.detach() for n, w in zip(cfg.names, weights)}
-    return _F.stack_forward(cfg.mode, x.detach(), params, num_layers=cfg.num_layers,
+    params = {n: _detached(w) for n, w in zip(cfg.names, weights)}
+    return _F.stack_forward(cfg.mode, _detached(x), params, num_layers=cfg.num_layers,
                             bidirectional=cfg.bidirectional, h0=_detached(h0),
                             c0=_detached(c0), lengths=cfg.lengths,
                             batch_first=cfg.batch_first, dropout=cfg.dropout, seed=cfg.seed,
@@ -345,7 +368,10 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
             # sorted order, time-major (PackedSequence data does not depend on batch_first)
             x, lens = pad_packed_sequence(PackedSequence(x_check, batch_sizes),
                                           batch_first=False)
-            lengths = lens.numpy().astype(np.int64)
+            # lens is on the CPU (as torch keeps batch_sizes); a device call takes its lengths
+            # on x's device
+            lengths = (lens.numpy().astype(np.int64) if x.device.type == "cpu"
+                       else lens.to(device=x.device, dtype=torch.int64))
             batch_first = False
             if sorted_indices is not None:
                 h0 = None if h0 is None else h0.index_select(1, sorted_indices)

@@ -1,0 +1,74 @@
+"""The CUDA backend: whether this fusedrnn has it and which devices it sees.
+
+``fusedrnn.functional``, the modules and ``fusedrnn.torch`` run on CUDA arrays (CuPy arrays,
+torch CUDA tensors) when :func:`is_available` is True: the package was built with the CUDA
+backend (``FUSEDRNN_CUDA=ON``/``AUTO`` with nvcc found) and the process sees a GPU. Importing
+fusedrnn never needs a GPU, a driver or a CUDA runtime library; on a machine without them
+:func:`is_available` is False and :func:`device_count` 0.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from fusedrnn._loader import _C
+
+__all__ = ["is_available", "is_built", "device_count", "get_device_name", "versions"]
+
+_available = None  # the devices a process sees are fixed when CUDA initialises
+
+
+def is_built() -> bool:
+    """True when this fusedrnn was built with the CUDA backend."""
+    return bool(_C.WITH_CUDA)
+
+
+def device_count() -> int:
+    """CUDA devices usable now: 0 without the CUDA backend, a GPU or a driver. An unexpected
+    CUDA error (neither "no device" nor "no driver") raises ``RuntimeError``."""
+    return int(_C.cuda_device_count())
+
+
+def is_available() -> bool:
+    """True when device arrays can run here: built with CUDA and at least one device usable.
+    Never raises (an unexpected CUDA error reads as False; :func:`device_count` shows it)."""
+    global _available
+    if _available is None:
+        try:
+            _available = is_built() and device_count() > 0
+        except Exception:  # noqa: BLE001 - "no GPU" in any form is an answer, not an error
+            return False
+    return _available
+
+
+def _why_unavailable() -> str:
+    """Why :func:`is_available` is False, for error messages."""
+    if not is_built():
+        return ("this fusedrnn was built without CUDA (build it with FUSEDRNN_CUDA=ON and "
+                "nvcc on PATH)")
+    try:
+        n = device_count()
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        return f"CUDA reports an error: {e}"
+    if n == 0:
+        return "no CUDA device is usable in this process (no GPU, or no driver)"
+    return "CUDA is available"
+
+
+def get_device_name(device: int = 0) -> str:
+    """The name of CUDA device ``device`` ("NVIDIA H200", ...). ``RuntimeError`` without the
+    CUDA backend, ``ValueError`` for a device this process does not see."""
+    if isinstance(device, bool):
+        raise TypeError("device must be an int, got bool")
+    try:
+        device = operator.index(device)
+    except TypeError:
+        raise TypeError(f"device must be an int, got {type(device).__name__}") from None
+    return _C.cuda_device_name(device)
+
+
+def versions() -> dict:
+    """``{"runtime": ..., "driver": ...}``: the CUDA runtime fusedrnn was built with and the
+    driver's CUDA version, as 13000 for 13.0 (zeros without the CUDA backend; driver 0 without
+    a driver)."""
+    return dict(_C.cuda_versions())
