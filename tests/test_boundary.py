@@ -288,3 +288,21 @@ def test_mixed_numpy_and_torch_arrays_in_one_call():
     got = F.stack_forward("rnn_tanh", x, mixed, training=False)[0]
     assert isinstance(got, np.ndarray)  # outputs follow x
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not WITH_CUDA or _C.cuda_device_count() > 0,
+                    reason="needs a CUDA build on a machine without a usable GPU (CI)")
+@pytest.mark.parametrize("arg", ["x", "weight_hh_l0"])
+def test_cuda_build_without_a_gpu_says_so(arg):
+    """The CUDA build on a machine with no GPU or driver (cudaGetDeviceCount: 35 or 100): a
+    device array is refused by name before it is exported, nothing crashes."""
+    p = stack_params("rnn_tanh", layers=1, D=1)
+    x = np.zeros((T, B, I), np.float32)
+    for fake, shown in ((FakeDeviceArray(), "is on cuda:0"),
+                        (FakeCudaArrayInterface(), r"is a CUDA array")):
+        if arg == "x":
+            args = (fake, p)
+        else:
+            args = (x, {**p, arg: fake})
+        with pytest.raises(RuntimeError, match=rf"{arg} {shown}.*no CUDA device is usable"):
+            F.stack_forward("rnn_tanh", *args)
