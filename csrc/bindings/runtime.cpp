@@ -3,9 +3,11 @@
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <climits>
 #include <string>
+#include <vector>
 
 #include "bindings/arrays.h"
 #include "cpu/gemm.h"
@@ -97,6 +99,23 @@ py::dict cuda_versions() {
   return d;
 }
 
+// Where the CUDA backend looks for cuBLAS (fusedrnn/cuda.h), and what it found.
+void cuda_set_cublas_candidates(const std::vector<std::string>& paths) {
+#if FUSEDRNN_WITH_CUDA
+  cuda::set_cublas_candidates(paths);
+#else
+  (void)paths;
+#endif
+}
+
+std::string cuda_cublas_status() {
+#if FUSEDRNN_WITH_CUDA
+  return cuda::cublas_status();
+#else
+  return "built without CUDA";
+#endif
+}
+
 py::dict config() {
   py::dict d;
   d["version"] = FUSEDRNN_VERSION;
@@ -139,6 +158,10 @@ void register_runtime(py::module_& m) {
   m.def("cuda_versions", &cuda_versions,
         "{'runtime': CUDA runtime version, 'driver': driver's CUDA version} (as 13000 for "
         "13.0; zeros without the CUDA backend, driver 0 without a driver).");
+  m.def("cuda_set_cublas_candidates", &cuda_set_cublas_candidates, py::arg("paths"),
+        "Paths of libcublas.so.13 to try, in order, before the dynamic linker's search.");
+  m.def("cuda_cublas_status", &cuda_cublas_status,
+        "Which cuBLAS the CUDA backend's GEMMs use, or why they run its own kernel.");
   m.attr("WITH_CUDA") = bool(FUSEDRNN_WITH_CUDA);
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,

@@ -75,7 +75,8 @@ def show_config() -> None:
         f"  threads         : {c['num_threads']} (OpenMP and BLAS; fusedrnn.set_num_threads)",
         f"  CUDA backend    : {cuda_line}",
         *([f"  CUDA devices    : {devices} (fusedrnn.cuda.is_available(): "
-           f"{cuda.is_available()})"] if c["cuda"] else []),
+           f"{cuda.is_available()})",
+           f"  CUDA GEMMs      : cuBLAS {cuda.cublas_status()}"] if c["cuda"] else []),
         f"  SIMD compiled   : {c['simd_compiled']}",
         f"  SIMD on this CPU: {c['simd_cpu']}",
         f"  SIMD path taken : {c['simd_path']} (the kernels' instruction set; FUSEDRNN_ISA "

@@ -9,11 +9,15 @@ fusedrnn never needs a GPU, a driver or a CUDA runtime library; on a machine wit
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import operator
+import os
 
 from fusedrnn._loader import _C
 
-__all__ = ["is_available", "is_built", "device_count", "get_device_name", "versions"]
+__all__ = ["is_available", "is_built", "device_count", "get_device_name", "versions",
+           "cublas_status"]
 
 _available = None  # the devices a process sees are fixed when CUDA initialises
 
@@ -72,3 +76,30 @@ def versions() -> dict:
     driver's CUDA version, as 13000 for 13.0 (zeros without the CUDA backend; driver 0 without
     a driver)."""
     return dict(_C.cuda_versions())
+
+
+def _cublas_candidates() -> list:
+    """libcublas.so.13 of the ``nvidia-cublas`` wheel (``nvidia/cu13/lib`` or
+    ``nvidia/cublas/lib``) where it is installed: the CUDA backend loads cuBLAS at run time
+    (``FUSEDRNN_CUBLAS=/path/libcublas.so.13`` names one; ``FUSEDRNN_CUBLAS=0`` keeps the own
+    GEMM kernel)."""
+    env = os.environ.get("FUSEDRNN_CUBLAS", "")
+    paths = [env] if env and env != "0" else []
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        spec = None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for sub in ("cu13", "cublas"):
+            paths += sorted(glob.glob(os.path.join(root, sub, "lib", "libcublas.so.13*")))
+    return paths
+
+
+def cublas_status() -> str:
+    """Which cuBLAS the CUDA backend's GEMMs use ("loaded: ..."), or why they run fusedrnn's
+    own GEMM kernel; "not loaded yet" before the first device call."""
+    return str(_C.cuda_cublas_status())
+
+
+if is_built():
+    _C.cuda_set_cublas_candidates(_cublas_candidates())
