@@ -23,11 +23,19 @@ import fusedrnn.torch as ft  # noqa: E402
 import test_torch_adapter as ta  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
+from _cuda_support import LIBS  # noqa: E402
+
 DEV = "cuda"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 BOUND = {"float32": 2e-5, "float64": 1e-10}
 EPS32 = float(np.finfo(np.float32).eps)
 IDX = ("batch_sizes", "sorted_indices", "unsorted_indices")
+
+
+@pytest.fixture(autouse=True)
+def _torch_with_cuda():
+    if "torch" not in LIBS:
+        pytest.skip("this torch has no CUDA (CuPy alone makes the device arrays here)")
 
 
 def pair(kind, layers, bidir, batch_first, dtype, **extra):
