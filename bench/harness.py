@@ -211,7 +211,8 @@ class Case:
                                                               else "")
 
     def label(self):
-        pre = {"grid": "", "stack": f"{self.net()} ", "deepbench": "DB "}[self.suite]
+        pre = {"grid": "", "stack": f"{self.net()} ", "deepbench": "DB ",
+               "deepbench_train": "DBT "}[self.suite]
         return f"{pre}H{self.H} B{self.B} T{self.T}"
 
 
@@ -253,6 +254,26 @@ class Data:
 
     def y_shape(self):
         return (self.case.T, self.case.B, self.case.directions * self.case.H)
+
+    def moved(self, put, device=None):
+        """A shallow copy whose x, h0, c0 and params went through ``put`` (bench/gpu_bench.py:
+        torch tensors on a CUDA device) and, given ``device``, whose torch module is a copy
+        there. fusedrnn runs on whatever arrays the copy holds."""
+        import copy
+        d = copy.copy(self)
+        d.x, d.h0 = put(self.x), put(self.h0)
+        d.c0 = None if self.c0 is None else put(self.c0)
+        d.params = {k: put(v) for k, v in self.params.items()}
+        if device is not None:
+            d.module = copy.deepcopy(self.module).to(device)
+        return d
+
+
+def ones_like_y(d):
+    """The dy of y.sum(): ones shaped like y, in the library (and on the device) of d.x."""
+    if isinstance(d.x, np.ndarray):
+        return np.ones(d.y_shape(), d.x.dtype)
+    return torch.ones(d.y_shape(), dtype=d.x.dtype, device=d.x.device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,7 +325,7 @@ def np_backward(module, d, ctx, dy, dh_n=None, dc_n=None):
 def np_runner(module, d, mode):
     if mode == "forward":
         return lambda: np_forward(module, d, False)
-    dy = np.ones(d.y_shape(), d.x.dtype)  # gradient of y.sum()
+    dy = ones_like_y(d)  # gradient of y.sum()
 
     def run():
         _, ctx = np_forward(module, d, True)
@@ -317,11 +338,11 @@ def np_runner(module, d, mode):
 # ------------------------------------------------------------------------------------------
 
 def torch_inputs(d, requires_grad):
-    """x, hx (h0 or (h0, c0)) and the leaf tensors."""
-    x = torch.from_numpy(d.x).clone().requires_grad_(requires_grad)
-    leaves = [torch.from_numpy(d.h0).clone().requires_grad_(requires_grad)]
+    """x, hx (h0 or (h0, c0)) and the leaf tensors (on the device of d's arrays)."""
+    x = torch.as_tensor(d.x).clone().requires_grad_(requires_grad)
+    leaves = [torch.as_tensor(d.h0).clone().requires_grad_(requires_grad)]
     if d.c0 is not None:
-        leaves.append(torch.from_numpy(d.c0).clone().requires_grad_(requires_grad))
+        leaves.append(torch.as_tensor(d.c0).clone().requires_grad_(requires_grad))
     return x, (tuple(leaves) if d.c0 is not None else leaves[0]), leaves
 
 
@@ -334,7 +355,7 @@ def torch_outputs(d):
     with torch.no_grad():
         y, state = d.module(x, hx)
     state = state if d.c0 is not None else (state, None)
-    return tuple(None if t is None else t.numpy() for t in (y, *state))
+    return tuple(None if t is None else t.cpu().numpy() for t in (y, *state))
 
 
 def torch_gradients(d):
@@ -349,7 +370,7 @@ def torch_gradients(d):
         grads["c0"] = leaves[1].grad
     grads.update({k: p.grad for k, p in m.named_parameters()})
     m.zero_grad(set_to_none=True)
-    return {k: v.numpy() for k, v in grads.items()}
+    return {k: v.cpu().numpy() for k, v in grads.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -472,18 +493,26 @@ def output_errors(prefix, got, want):
             if w is not None}
 
 
-def reference_errors(case, seed):
-    """fusedrnn vs the reference in float64 at T = REF_T: errors by quantity."""
+def reference_errors(case, seed, put=None, get=None):
+    """fusedrnn vs the reference in float64 at T = REF_T: errors by quantity. ``put`` moves
+    fusedrnn's inputs to the arrays it should run on and ``get`` brings its results back to
+    NumPy (bench/gpu_bench.py: a CUDA device); by default fusedrnn runs on the NumPy arrays."""
     d = Data(dataclasses.replace(case, T=REF_T), np.float64, seed)
+    put = put or (lambda a: a)
+    get = get or (lambda a: a)
+    dev = d.moved(put)
+    fwd = lambda training: [None if a is None else get(a)
+                            for a in np_forward(F, dev, training)[0]]
     want, ref_ctx = np_forward(ref, d, True)
-    errs = output_errors("", np_forward(F, d, True)[0], want)
-    errs.update(output_errors("inference ", np_forward(F, d, False)[0], want))
-    _, ctx = np_forward(F, d, True)
+    errs = output_errors("", fwd(True), want)
+    errs.update(output_errors("inference ", fwd(False), want))
+    _, ctx = np_forward(F, dev, True)
     rng = np.random.default_rng(seed + 1)
     dy, dh_n = rng.standard_normal(d.y_shape()), rng.standard_normal(d.h0.shape)
     dc_n = rng.standard_normal(d.c0.shape) if d.c0 is not None else None
     g_want = np_backward(ref, d, ref_ctx, dy, dh_n, dc_n)
-    g_got = np_backward(F, d, ctx, dy, dh_n, dc_n)
+    g_got = {k: get(v) for k, v in np_backward(F, dev, ctx, put(dy), put(dh_n),
+                                               None if dc_n is None else put(dc_n)).items()}
     if set(g_got) != set(g_want):
         raise AssertionError(f"gradient keys differ: {sorted(g_got)} vs {sorted(g_want)}")
     errs.update({f"d{k}": mb.rel_err(g_got[k], g_want[k]) for k in g_want})

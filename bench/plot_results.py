@@ -16,24 +16,31 @@ import sys
 
 CELL_ORDER = ("lstm", "gru", "rnn_tanh")
 MODE_ORDER = ("forward", "fwd+bwd")
-SUITE_ORDER = ("grid", "stack", "deepbench")
+SUITE_ORDER = ("deepbench_train", "grid", "stack", "deepbench")
 
 
-def groups(rows):
-    """{(cell, mode): {label: {threads: speed-up}}}, in a stable order."""
+def groups(rows, series="threads"):
+    """{(cell, mode): {label: {series value: speed-up}}}, in a stable order. `series` is the
+    row field that tells the bars of one label apart (threads; gpu_bench.py: dtype)."""
     key = lambda r: (CELL_ORDER.index(r["cell"]) if r["cell"] in CELL_ORDER else 99,
-                     MODE_ORDER.index(r["mode"]), SUITE_ORDER.index(r["suite"]),
-                     r["H"], r["B"], r["T"], r["threads"])
+                     MODE_ORDER.index(r["mode"]),
+                     SUITE_ORDER.index(r["suite"]) if r["suite"] in SUITE_ORDER else 99,
+                     r["H"], r["B"], r["T"], str(r[series]))
     out = {}
     for r in sorted(rows, key=key):
         if r.get("speedup_vs_torch") is None:
             continue
         panel = out.setdefault((r["cell"], r["mode"]), {})
-        panel.setdefault(r["label"], {})[r["threads"]] = r["speedup_vs_torch"]
+        panel.setdefault(r["label"], {})[r[series]] = r["speedup_vs_torch"]
     return out
 
 
-def draw_panel(ax, title, bars, thread_counts):
+def _threads_name(t):
+    return f"{t} thread{'s' if t > 1 else ''}"
+
+
+def draw_panel(ax, title, bars, thread_counts, name=_threads_name,
+               ylabel="torch ms / fusedrnn ms"):
     """Bars from 1 to each speed-up (up: fusedrnn faster, down: slower), log scale."""
     import numpy as np
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -44,7 +51,7 @@ def draw_panel(ax, title, bars, thread_counts):
     for i, t in enumerate(thread_counts):
         vals = np.array([bars[lab].get(t, np.nan) for lab in labels])
         pos = x + (i - (len(thread_counts) - 1) / 2) * width
-        ax.bar(pos, vals - 1.0, width, bottom=1.0, label=f"{t} thread{'s' if t > 1 else ''}")
+        ax.bar(pos, vals - 1.0, width, bottom=1.0, label=name(t))
         for xp, v in zip(pos, vals):
             if np.isfinite(v):
                 ax.annotate(f"{v:.2g}", (xp, v), ha="center", fontsize=6, rotation=90,
@@ -61,27 +68,36 @@ def draw_panel(ax, title, bars, thread_counts):
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_xlim(-0.6, max(len(labels), 4) - 0.4)
     ax.set_title(title, fontsize=10)
-    ax.set_ylabel("torch ms / fusedrnn ms")
+    ax.set_ylabel(ylabel)
     ax.grid(axis="y", which="major", alpha=0.3)
 
 
 def plot(doc, path):
-    """Writes the PNG for a harness result document `doc` to `path`."""
+    """Writes the PNG for a harness result document `doc` to `path`. A document may say how
+    in ``doc["plot"]``: ``series`` (the row field of the bars, default threads), ``ylabel``
+    and ``title`` (bench/gpu_bench.py: dtype, cuDNN ms / fusedrnn ms, the GPU)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = groups(doc["rows"])
+    how = doc.get("plot", {})
+    series = how.get("series", "threads")
+    rows = [r for r in doc["rows"] if series in r]
+    panels = groups(rows, series)
     if not panels:
         raise ValueError("no rows with a torch timing to plot")
-    thread_counts = sorted({r["threads"] for r in doc["rows"]})
+    values = sorted({r[series] for r in rows if r.get("speedup_vs_torch") is not None})
+    name = _threads_name if series == "threads" else str
     fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.4 * len(panels)), squeeze=False)
     for ax, ((cell, mode), bars) in zip(axes[:, 0], panels.items()):
-        draw_panel(ax, f"{cell} {mode}", bars, thread_counts)
+        draw_panel(ax, f"{cell} {mode}", bars, values, name,
+                   how.get("ylabel", "torch ms / fusedrnn ms"))
     axes[0, 0].legend(fontsize=8)
     env = doc.get("environment", {})
-    fig.suptitle(f"fusedrnn speed-up over PyTorch CPU (float32) -- {env.get('hostname', '?')}, "
-                 f"{env.get('cpu_model', '?')}, started {doc.get('started', '?')}", fontsize=11)
+    title = how.get("title") or (
+        f"fusedrnn speed-up over PyTorch CPU (float32) -- {env.get('hostname', '?')}, "
+        f"{env.get('cpu_model', '?')}, started {doc.get('started', '?')}")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -3,21 +3,9 @@ import os
 import numpy as np
 import pytest
 
-# Worst errors seen by the native-vs-reference sweep, printed at the end of the run.
-WORST = {}
-
-
-def record_error(dtype, name, err, bound):
-    key = np.dtype(dtype).name
-    cur = WORST.get(key)
-    if cur is None or err > cur[0]:
-        WORST[key] = (err, name, bound)
-    WORST.setdefault("configs_" + key, 0)
-
-
-def count_config(dtype):
-    key = "configs_" + np.dtype(dtype).name
-    WORST[key] = WORST.get(key, 0) + 1
+# Helpers that test modules import (to_backend, to_numpy, record_error...) live in _support.py:
+# conftest.py is not importable by name once tests/cuda/conftest.py is loaded (see there).
+from _support import WORST, cuda_available
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -40,28 +28,9 @@ def rng():
 # --- backends ----------------------------------------------------------------------------------
 # Tests that take `backend` run once per array backend: "cpu" (NumPy arrays, the CPU kernels)
 # always; "cuda" (device arrays, the CUDA kernels) when the package was built with CUDA and a
-# GPU is present. FUSEDRNN_TEST_BACKENDS=cpu,cuda (comma-separated) asks for a list explicitly;
-# a backend asked for but not available is skipped with the reason.
-
-def cuda_available():
-    """(available, reason)."""
-    import fusedrnn
-    if not fusedrnn.config().get("cuda"):
-        return False, "fusedrnn was built without CUDA"
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return True, ""
-    except Exception:  # noqa: BLE001 - no CuPy or no driver: try torch
-        pass
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return True, ""
-    except Exception:  # noqa: BLE001
-        pass
-    return False, "no GPU (or neither CuPy nor torch with CUDA to make device arrays)"
-
+# GPU is present (_support.cuda_available). FUSEDRNN_TEST_BACKENDS=cpu,cuda (comma-separated)
+# asks for a list explicitly; a backend asked for but not available is skipped with the reason.
+# Inputs go to a backend through to_backend, outputs come back through to_numpy (_support.py).
 
 def _backend_params():
     asked = os.environ.get("FUSEDRNN_TEST_BACKENDS")
@@ -84,30 +53,6 @@ BACKENDS = _backend_params()
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
-
-
-def to_backend(a, backend):
-    """An input array (NumPy, or None) as `backend` takes it: NumPy for "cpu", a device array
-    (CuPy if installed, else a torch CUDA tensor) for "cuda". Non-arrays pass through."""
-    if backend == "cpu" or not isinstance(a, np.ndarray):
-        return a
-    try:
-        import cupy
-        return cupy.asarray(a)
-    except ImportError:
-        import torch
-        return torch.as_tensor(a, device="cuda")
-
-
-def to_numpy(a):
-    """An output array of any backend as a NumPy array (None and non-arrays pass through)."""
-    if a is None or isinstance(a, np.ndarray):
-        return a
-    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
-        return a.get()
-    if type(a).__module__.startswith("torch"):
-        return a.detach().cpu().numpy()
-    return a
 
 
 # --- run-time tuning -----------------------------------------------------------------------------

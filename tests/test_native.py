@@ -14,7 +14,8 @@ same inputs). Bounds (docs/design.md §7):
 Every instruction set and forced kernel crossover re-runs a subset of these cases in this
 process, through fusedrnn._C._testing (the `tuning` fixture); the reference side of each case
 is computed once per session and reused (it does not depend on the kernel path).
-Tests take `backend` (conftest.py): inputs go through to_backend, outputs through to_numpy.
+Tests take `backend` (conftest.py): inputs (lengths too) go through to_backend, outputs through
+to_numpy (_support.py).
 """
 
 import itertools
@@ -27,7 +28,7 @@ import pytest
 from fusedrnn import functional as F
 from fusedrnn import reference as ref
 
-from conftest import count_config, record_error, to_backend, to_numpy
+from _support import count_config, record_error, to_backend, to_numpy
 
 EPS32 = np.finfo(np.float32).eps
 N_PERTURBED = 4  # perturbed input sets sampled for the float32 error scale
@@ -62,9 +63,11 @@ def cast(case, dtype):
 
 def run(lib, case, lengths, reverse, training=True, backend="cpu"):
     """Forward + backward through `lib` (functional or reference). Returns (outputs, grads),
-    as NumPy arrays. Inputs go to `backend` (lengths stay host metadata, as in PyTorch)."""
+    as NumPy arrays. Inputs go to `backend`, lengths too (an int64 array on x's device)."""
     if lib is F:
         c = {k: to_backend(v, backend) for k, v in case.items()}
+        if lengths is not None:
+            lengths = to_backend(np.asarray(lengths, dtype=np.int64), backend)
     else:
         c = case
     kw = dict(lengths=lengths, reverse=reverse, training=training)

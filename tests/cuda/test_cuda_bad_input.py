@@ -1,199 +1,213 @@
-"""Bad input on the CUDA path gives a clear error naming the argument and the devices: a CPU
-``lengths`` with a device ``x`` and the other way round, mixed devices, non-contiguous device
-arrays, a device that is not there, outputs on the wrong device. Needs a GPU, a fusedrnn built
-with CUDA and torch with CUDA; skipped otherwise (tests/test_boundary.py and
-tests/test_cuda_api.py check what a machine without a GPU can)."""
+"""Bad input on the device path: each mistake raises a clear exception that names the argument.
+
+* mixed devices (a host array among device arrays, or the other way) -> ValueError naming the
+  odd argument; arrays on two GPUs -> ValueError (with two GPUs);
+* ``lengths``: a host array with device ``x``, or a device array with host ``x`` -> ValueError
+  naming ``lengths``; on the device it must be int64 and its values lie in [1, T];
+* non-contiguous device arrays -> ValueError naming the argument (device arrays are never
+  copied behind the caller's back);
+* dtypes and shapes are checked as on the CPU (same messages);
+* backward: ``dy``/``dh_n``/a ``grads`` entry on the wrong device -> ValueError naming it.
+"""
 
 import numpy as np
 import pytest
 
-import fusedrnn
 from fusedrnn import functional as F
-from fusedrnn import reference as ref
-from fusedrnn._loader import _C
 
-if not fusedrnn.cuda.is_available():
-    pytest.skip(f"fusedrnn cannot run on CUDA here: {fusedrnn.cuda._why_unavailable()}",
-                allow_module_level=True)
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("torch sees no CUDA device", allow_module_level=True)
+from _cuda_support import LIBS, device_count, put, strided
 
-T, B, I, H = 5, 3, 4, 6
-DEV = "cuda:0"
+T, B, I, H = 6, 3, 4, 5
+LENGTHS = np.array([6, 2, 4])
 
 
-def params(mode="lstm", device=DEV, dtype=torch.float64, layers=1):
-    rng = np.random.default_rng(0)
-    G = ref.GATES[mode]
-    p = {}
-    for l in range(layers):
-        p[f"weight_ih_l{l}"] = rng.uniform(-.5, .5, (G * H, I if l == 0 else H))
-        p[f"weight_hh_l{l}"] = rng.uniform(-.5, .5, (G * H, H))
-    return {k: torch.tensor(v, dtype=dtype, device=device) for k, v in p.items()}
+def host_case(mode="lstm", dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[mode]
+    u = lambda *s: rng.uniform(-1, 1, s).astype(dtype)
+    p = {"weight_ih_l0": u(G * H, I), "weight_hh_l0": u(G * H, H), "bias_ih_l0": u(G * H),
+         "bias_hh_l0": u(G * H)}
+    return dict(x=u(T, B, I), h0=u(1, B, H), c0=u(1, B, H) if mode == "lstm" else None,
+                params=p, dy=u(T, B, H), dh=u(1, B, H))
 
 
-def xs(device=DEV, dtype=torch.float64):
-    return torch.randn(T, B, I, dtype=dtype, device=device)
+def call(mode, c, **kw):
+    return F.stack_forward(mode, c["x"], c["params"], h0=c["h0"], c0=c.get("c0"), **kw)
 
 
-class FakeDeviceArray:
-    def __init__(self, device_type=2, device_id=0):
-        self.dev = (device_type, device_id)
+def on_device(c, lib, device=0):
+    d = {k: put(v, lib, device) for k, v in c.items() if k != "params"}
+    d["params"] = {k: put(v, lib, device) for k, v in c["params"].items()}
+    return d
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("odd", ["h0", "c0", "weight_hh_l0", "bias_ih_l0"])
+def test_host_array_among_device_arrays(odd, lib):
+    c = on_device(host_case(), lib)
+    host = host_case()
+    if odd in c["params"]:
+        c["params"][odd] = host["params"][odd]
+    else:
+        c[odd] = host[odd]
+    with pytest.raises(ValueError, match=odd) as e:
+        call("lstm", c)
+    assert "device" in str(e.value) or "cuda" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("odd", ["h0", "weight_ih_l0"])
+def test_device_array_among_host_arrays(odd, lib):
+    c = host_case()
+    if odd in c["params"]:
+        c["params"][odd] = put(c["params"][odd], lib)
+    else:
+        c[odd] = put(c[odd], lib)
+    with pytest.raises(ValueError, match=odd):
+        call("lstm", c)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_lengths_on_the_host_with_device_x(lib):
+    c = on_device(host_case(), lib)
+    for host_lengths in (LENGTHS, [6, 2, 4]):
+        with pytest.raises(ValueError, match="lengths") as e:
+            call("lstm", c, lengths=host_lengths)
+        assert "device" in str(e.value) or "cuda" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_lengths_on_the_device_with_host_x(lib):
+    with pytest.raises(ValueError, match="lengths"):
+        call("lstm", host_case(), lengths=put(LENGTHS, lib))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_device_lengths_dtype_shape_and_values(lib):
+    c = on_device(host_case(), lib)
+    with pytest.raises((TypeError, ValueError), match="lengths.*int64|int64.*lengths"):
+        call("lstm", c, lengths=put(LENGTHS.astype(np.int32), lib))
+    with pytest.raises(TypeError, match="lengths must be an integer array"):
+        call("lstm", c, lengths=put(LENGTHS.astype(np.float32), lib))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(batch,\)"):
+        call("lstm", c, lengths=put(np.array([6, 6]), lib))
+    for bad in ([6, 0, 1], [7, 1, 1], [-1, 1, 1]):
+        with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\]"):
+            call("lstm", c, lengths=put(np.array(bad), lib))
+    # and the good ones work, in any order
+    call("lstm", c, lengths=put(LENGTHS, lib))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("odd", ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0"])
+def test_non_contiguous_device_arrays(odd, lib):
+    host = host_case()
+    c = on_device(host, lib)
+    if odd in c["params"]:
+        c["params"][odd] = strided(host["params"][odd], lib)
+    else:
+        c[odd] = strided(host[odd], lib)
+    with pytest.raises(ValueError, match=odd) as e:
+        call("lstm", c)
+    assert "contiguous" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_device_dtypes_and_shapes_as_on_the_cpu(lib):
+    host = host_case()
+    c = on_device(host, lib)
+    bad = dict(c, x=put(host["x"].astype(np.float16), lib))
+    with pytest.raises(TypeError, match=r"x must have dtype float32 or float64"):
+        call("lstm", bad)
+    bad = dict(c, h0=put(host["h0"].astype(np.float64), lib))
+    with pytest.raises(TypeError, match=r"h0 must have dtype float32"):
+        call("lstm", bad)
+    bad = dict(c, h0=put(host["h0"][:, :2], lib))
+    with pytest.raises(ValueError, match=r"h0 must have shape"):
+        call("lstm", bad)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_backward_arguments_on_the_wrong_device(lib):
+    host = host_case()
+    c = on_device(host, lib)
+    *_, ctx = call("lstm", c)
+    with pytest.raises(ValueError, match="dy"):
+        F.stack_backward(ctx, host["dy"])
+    with pytest.raises(ValueError, match="dh_n"):
+        F.stack_backward(ctx, c["dy"], host["dh"])
+    grads = {k: put(np.zeros_like(v), lib) for k, v in host["params"].items()}
+    grads["weight_hh_l0"] = np.zeros_like(host["params"]["weight_hh_l0"])
+    with pytest.raises(ValueError, match=r"weight_hh_l0"):
+        F.stack_backward(ctx, c["dy"], grads=grads)
+    grads = {k: strided(np.zeros_like(v), lib) if k == "bias_hh_l0" else put(np.zeros_like(v),
+                                                                               lib)
+             for k, v in host["params"].items()}
+    with pytest.raises(ValueError, match=r"bias_hh_l0.*contiguous|contiguous.*bias_hh_l0"):
+        F.stack_backward(ctx, c["dy"], grads=grads)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_single_layer_api_names_its_arguments(lib):
+    host = host_case("gru")
+    p = host["params"]
+    x = put(host["x"], lib)
+    w = lambda n: put(p[n], lib)
+    with pytest.raises(ValueError, match="w_hh|weight_hh"):
+        F.gru_forward(x, w("weight_ih_l0"), p["weight_hh_l0"])
+    with pytest.raises(ValueError, match="lengths"):
+        F.gru_forward(x, w("weight_ih_l0"), w("weight_hh_l0"), lengths=LENGTHS)
+    with pytest.raises(ValueError, match="h0"):
+        F.gru_forward(x, w("weight_ih_l0"), w("weight_hh_l0"), h0=host["h0"][0])
+
+
+def test_arrays_on_two_gpus():
+    if device_count() < 2:
+        pytest.skip("one GPU here: arrays on two devices need two")
+    lib = LIBS[0]
+    host = host_case()
+    c = on_device(host, lib, 0)
+    c["h0"] = put(host["h0"], lib, 1)
+    with pytest.raises(ValueError, match="h0"):
+        call("lstm", c)
+    c = on_device(host, lib, 0)
+    with pytest.raises(ValueError, match="lengths"):
+        call("lstm", c, lengths=put(LENGTHS, lib, 1))
+
+
+def test_torch_module_and_input_on_different_devices():
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as ft
+    if "torch" not in LIBS:
+        pytest.skip("torch has no CUDA here")
+    m = ft.LSTM(I, H).to("cuda")
+    with pytest.raises((RuntimeError, ValueError), match="device|cuda|cpu"):
+        m(torch.randn(T, B, I))
+    m = ft.GRU(I, H)
+    with pytest.raises((RuntimeError, ValueError), match="device|cuda|cpu"):
+        m(torch.randn(T, B, I, device="cuda"))
+    m = ft.LSTM(I, H).to("cuda")
+    with pytest.raises((RuntimeError, ValueError), match="device|cuda|cpu|hx"):
+        m(torch.randn(T, B, I, device="cuda"), (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+
+
+class _OtherDeviceArray:
+    """An array that says it lives on a ROCm device (DLPack device type 10)."""
 
     def __dlpack_device__(self):
-        return self.dev
+        return (10, 0)
 
-    def __dlpack__(self, stream=None):  # pragma: no cover - must not be reached
-        raise AssertionError("refused before it is exported")
-
-
-class CudaArrayInterfaceOnly:
-    """A torch CUDA tensor seen through __cuda_array_interface__ alone (as a Numba array)."""
-
-    def __init__(self, t):
-        self.t = t
-        self.__cuda_array_interface__ = t.__cuda_array_interface__
+    def __dlpack__(self, stream=None):  # pragma: no cover - must be refused before export
+        raise AssertionError("an array of an unsupported device must be refused first")
 
 
-# --- lengths -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lengths", [[T] * B, np.full(B, T), torch.full((B,), T)],
-                         ids=["list", "numpy", "cpu-tensor"])
-def test_host_lengths_with_a_device_x(lengths):
-    with pytest.raises(ValueError, match=r"lengths is on cpu but x is on cuda:0: lengths must be "
-                                         r"on x's device \(an int64 array there\)"):
-        F.stack_forward("lstm", xs(), params(), lengths=lengths)
-
-
-def test_device_lengths_with_a_host_x():
-    p = {k: v.cpu() for k, v in params().items()}
-    with pytest.raises(ValueError, match=r"lengths is on cuda:0 but x is on cpu: lengths must "
-                                         r"be on x's device"):
-        F.stack_forward("lstm", xs("cpu"), p, lengths=torch.full((B,), T, device=DEV))
-
-
-def test_device_lengths_dtype_shape_and_values():
-    p, x = params(), xs()
-    with pytest.raises(TypeError, match=r"lengths must have dtype int64 \(the lengths of a "
-                                        r"device call\), got int32"):
-        F.stack_forward("lstm", x, p, lengths=torch.full((B,), T, dtype=torch.int32,
-                                                         device=DEV))
-    with pytest.raises(ValueError, match=r"lengths must have shape \(batch,\) = \(3,\), got "
-                                         r"\(4,\)"):
-        F.stack_forward("lstm", x, p, lengths=torch.full((B + 1,), T, device=DEV))
-    for bad in (0, T + 1, -1):
-        lengths = torch.tensor([T, bad, 1], device=DEV)
-        with pytest.raises(ValueError, match=rf"lengths must lie in \[1, T\] = \[1, {T}\], got "
-                                             rf"lengths\[1\] = {bad}"):
-            F.stack_forward("lstm", x, p, lengths=lengths)
-    strided = torch.full((2 * B,), T, device=DEV)[::2]
-    with pytest.raises(ValueError, match=r"lengths is a non-contiguous .* make it contiguous"):
-        F.stack_forward("lstm", x, p, lengths=strided)
-
-
-# --- devices and layouts -------------------------------------------------------------------
-
-def test_non_contiguous_device_arrays_are_refused_not_copied():
-    x = torch.randn(B, T, I, dtype=torch.float64, device=DEV).transpose(0, 1)
-    with pytest.raises(ValueError, match=r"x is a non-contiguous \(or misaligned\) array on "
-                                         r"cuda:0: make it contiguous first"):
-        F.stack_forward("lstm", x, params())
-    p = params()
-    p["weight_hh_l0"] = torch.randn(H, 4 * H, dtype=torch.float64, device=DEV).t()
-    with pytest.raises(ValueError, match=r"weight_hh_l0 is a non-contiguous"):
-        F.stack_forward("lstm", xs(), p)
-
-
-def test_host_arrays_in_a_device_call_name_themselves():
-    p = params()
-    p["weight_hh_l0"] = p["weight_hh_l0"].cpu()
-    with pytest.raises(ValueError, match=r"weight_hh_l0 is on cpu but x is on cuda:0: every "
-                                         r"array of a call must be on one device"):
-        F.stack_forward("lstm", xs(), p)
-    with pytest.raises(ValueError, match=r"h0 is on cpu but x is on cuda:0"):
-        F.stack_forward("lstm", xs(), params(), h0=torch.zeros(1, B, H, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"weight_ih_l0 is on cuda:0 but x is on cpu"):
-        F.stack_forward("lstm", xs("cpu"), params())
-
-
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="one CUDA device")
-def test_arrays_on_two_devices():
-    p = params()
-    p["weight_ih_l0"] = p["weight_ih_l0"].to("cuda:1")
-    with pytest.raises(ValueError, match=r"weight_ih_l0 is on cuda:1 but x is on cuda:0"):
-        F.stack_forward("lstm", xs(), p)
-
-
-def test_a_device_that_is_not_there():
-    n = fusedrnn.cuda.device_count()
-    with pytest.raises(ValueError, match=rf"x is on cuda:{n + 7}, but this process sees {n} "
-                                         r"CUDA device"):
-        F.stack_forward("lstm", FakeDeviceArray(2, n + 7), params())
-    with pytest.raises(TypeError, match=r"x is on device type 10:0: fusedrnn takes CPU and "
-                                        r"CUDA arrays only"):
-        F.stack_forward("lstm", FakeDeviceArray(10, 0), params())
-
-
-def test_requires_grad_is_refused():
-    x = xs().requires_grad_()
-    with pytest.raises(ValueError, match="x requires grad"):
-        F.stack_forward("lstm", x, params())
-
-
-def test_outputs_must_land_on_x_device():
-    x, p = xs(), params()
-    kind = _C.CELLS["lstm"]["kind"]
-    args = (kind, x, p, 1, False, False, None, None, None, False, 0.0, 0, True, False)
-    host = lambda shape, dt: torch.empty(shape, dtype=getattr(torch, dt))  # noqa: E731
-    with pytest.raises(ValueError, match=r"the allocator returned an array on cpu, but x is on "
-                                         r"cuda:0: outputs must be on x's device"):
-        _C.stack_forward(*args, host)
-    with pytest.raises(ValueError, match=r"x is on cuda:0, but no allocator was given"):
-        _C.stack_forward(*args, None)
-
-
-@pytest.mark.skipif(torch.cuda.device_count() != 1, reason="a __cuda_array_interface__ x is "
-                    "taken to be on the only device")
-def test_cuda_array_interface_x_needs_an_allocator_of_its_library():
-    with pytest.raises(ValueError, match=r"x is on cuda:0, but no allocator was given"):
-        F.stack_forward("lstm", CudaArrayInterfaceOnly(xs()), params())
-
-
-def test_device_calls_are_not_stamped():
-    x, p = xs(), params()
-    _, _, _, ctx = F.stack_forward("lstm", x, p)
-    assert ctx.stamps is None
-    kind = _C.CELLS["lstm"]["kind"]
-    with pytest.raises(ValueError, match=r"stamps must be None for a device call"):
-        _C.stack_backward(kind, x, p, 1, False, False, None, None, None, False, 0.0, 0,
-                          ctx.reserve, np.zeros(3, np.uint64), None, None, None, None,
-                          F._allocator(x), stream=F._stream(x))
-
-
-# --- the torch adapter and the NumPy modules ---------------------------------------------------
-
-def test_torch_adapter_mixed_devices():
-    import fusedrnn.torch as ft
-
-    with pytest.raises(RuntimeError, match=r"input is on cuda:0 but the parameters are on cpu: "
-                                           r"all tensors must be on one device"):
-        ft.LSTM(I, H)(torch.randn(T, B, I, device=DEV))
-    m = ft.GRU(I, H).to(DEV)
-    with pytest.raises(RuntimeError, match=r"input is on cpu but the parameters are on cuda:0"):
-        m(torch.randn(T, B, I))
-    with pytest.raises(RuntimeError, match=r"hx is on cpu but the parameters are on cuda:0"):
-        m(torch.randn(T, B, I, device=DEV), torch.zeros(1, B, H))
-
-
-def test_module_on_a_device_refuses_host_arrays():
-    pytest.importorskip("cupy")
-    m = fusedrnn.LSTM(I, H, dtype=np.float64).to("cuda")
-    with pytest.raises(ValueError, match=r"LSTM: x is a ndarray but the module is on cuda:0"):
-        m(np.zeros((T, B, I)))
-    m.to("cpu")
-    import cupy
-
-    with pytest.raises(ValueError, match=r"x is a ndarray on a CUDA device but the module is "
-                                         r"on cpu"):
-        m(cupy.zeros((T, B, I)))
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("odd", ["x", "h0", "weight_hh_l0"])
+def test_unsupported_device_type(odd, lib):
+    c = on_device(host_case(), lib)
+    if odd in c["params"]:
+        c["params"][odd] = _OtherDeviceArray()
+    else:
+        c[odd] = _OtherDeviceArray()
+    with pytest.raises((TypeError, ValueError), match=odd):
+        call("lstm", c)

@@ -1,0 +1,109 @@
+"""Helpers shared by the test modules: array backends and the native-vs-reference error log.
+
+They live here, not in conftest.py, because conftest.py is not importable by name: pytest loads
+every directory's conftest.py as the module ``conftest`` (no packages here), so with
+tests/cuda/conftest.py loaded, ``from conftest import ...`` in a module collected later would
+get that one. This module has one name and one instance.
+"""
+
+import numpy as np
+
+# --- worst errors of the native-vs-reference sweep (printed by conftest.py at the end) ---------
+
+WORST = {}
+
+
+def record_error(dtype, name, err, bound):
+    key = np.dtype(dtype).name
+    cur = WORST.get(key)
+    if cur is None or err > cur[0]:
+        WORST[key] = (err, name, bound)
+    WORST.setdefault("configs_" + key, 0)
+
+
+def count_config(dtype):
+    key = "configs_" + np.dtype(dtype).name
+    WORST[key] = WORST.get(key, 0) + 1
+
+
+# --- array backends --------------------------------------------------------------------------
+# "cpu": NumPy arrays (the CPU kernels). "cuda": device arrays (the CUDA kernels) of the
+# preferred library, CuPy if it is installed, else torch; "cuda-cupy" and "cuda-torch" name
+# the library.
+
+DEVICE_LIBRARIES = ("cupy", "torch")
+
+
+def device_libraries():
+    """The libraries that can make CUDA arrays here: a sublist of DEVICE_LIBRARIES."""
+    libs = []
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            libs.append("cupy")
+    except Exception:  # noqa: BLE001 - no CuPy, or no driver
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            libs.append("torch")
+    except Exception:  # noqa: BLE001
+        pass
+    return libs
+
+
+def cuda_available():
+    """(available, reason): the CUDA backend can run here (built with CUDA, fusedrnn.cuda sees
+    a GPU, and CuPy or torch can make device arrays)."""
+    import fusedrnn
+    if not fusedrnn.config().get("cuda"):
+        return False, "fusedrnn was built without CUDA"
+    try:
+        import fusedrnn.cuda as fcuda
+    except ImportError as e:
+        return False, f"fusedrnn has no fusedrnn.cuda module ({e})"
+    try:
+        if not fcuda.is_available():
+            return False, "fusedrnn.cuda.is_available() is False (no GPU or no driver)"
+    except Exception as e:  # noqa: BLE001 - report, do not crash the collection
+        return False, f"fusedrnn.cuda.is_available() raised {type(e).__name__}: {e}"
+    if not device_libraries():
+        return False, "neither CuPy nor torch with CUDA is installed to make device arrays"
+    return True, ""
+
+
+def device_library(backend):
+    """The array library of a CUDA backend name ("cuda", "cuda-cupy", "cuda-torch")."""
+    if backend == "cuda":
+        try:
+            import cupy  # noqa: F401
+            return "cupy"
+        except ImportError:
+            return "torch"
+    lib = backend.partition("-")[2]
+    if lib not in DEVICE_LIBRARIES:
+        raise ValueError(f"unknown backend {backend!r}")
+    return lib
+
+
+def to_backend(a, backend):
+    """An input array (NumPy, or None) as `backend` takes it: NumPy for "cpu", a device array
+    for a CUDA backend (CuPy or a torch CUDA tensor, see above). Non-arrays pass through."""
+    if backend == "cpu" or not isinstance(a, np.ndarray):
+        return a
+    if device_library(backend) == "cupy":
+        import cupy
+        return cupy.asarray(a)
+    import torch
+    return torch.as_tensor(a, device="cuda")
+
+
+def to_numpy(a):
+    """An output array of any backend as a NumPy array (None and non-arrays pass through)."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    if type(a).__module__.startswith("torch"):
+        return a.detach().cpu().numpy()
+    return a
