@@ -440,6 +440,14 @@ def environment(args, fp32_before, fp32_after, device):
     return env, prop
 
 
+def cublas_status():
+    try:
+        import fusedrnn.cuda as fcuda
+        return fcuda.cublas_status()
+    except Exception as e:  # noqa: BLE001 - recorded, not fatal
+        return f"unknown ({type(e).__name__}: {e})"
+
+
 def print_environment(env):
     dev = env["device"]
     lines = [
@@ -565,6 +573,8 @@ def main(argv=None):
         failed += any(r.get("note", "").startswith("validation failed") for r in new)
         rows += new
         doc["rows"] = rows
+        # which GEMM the rows ran on: cuBLAS (loaded at the first device GEMM) or the own kernel
+        env.setdefault("fusedrnn_cuda", {})["cublas"] = cublas_status()
         mb.write_json(out, doc)  # after every configuration: a killed run keeps its rows
     print("\n" + table_header())
     for r in rows:

@@ -27,7 +27,10 @@
 #   tests      python -m pytest tests/cuda                                 (tests_cuda.log)
 #   native     FUSEDRNN_TEST_BACKENDS=cuda pytest tests/test_native.py:
 #              its backend-parametrised tests that tests/cuda does not run (tests_native.log)
-#   memcheck   compute-sanitizer --tool memcheck  tests/cuda/sanitizer_case.py (sanitizer.log)
+#   owngemm    tests/cuda's sweep and stacks with FUSEDRNN_CUBLAS=0 (fusedrnn's own GEMM
+#              kernel; the other stages use cuBLAS where torch's wheel brings it) (tests_native.log)
+#   memcheck   compute-sanitizer --tool memcheck  tests/cuda/sanitizer_case.py (sanitizer.log),
+#              and memcheck_own: the same with FUSEDRNN_CUBLAS=0
 #   racecheck  compute-sanitizer --tool racecheck tests/cuda/sanitizer_case.py (sanitizer.log)
 #   synccheck, initcheck: the same, advisory (reported, never fail the run)
 #   -- then alone --
@@ -69,8 +72,8 @@ left() { echo $((TOTAL - (SECONDS - START))); }
 # the file in $OUTDIR that holds a stage's log (side-by-side stages log to $WORK first)
 shown_log() {
   case $1 in
-    native) echo tests_native.log ;;
-    memcheck|racecheck|synccheck|initcheck) echo sanitizer.log ;;
+    native|owngemm) echo tests_native.log ;;
+    memcheck|memcheck_own|racecheck|synccheck|initcheck) echo sanitizer.log ;;
     *) basename "$2" ;;
   esac
 }
@@ -191,6 +194,13 @@ n = c.device_count()
 print("fusedrnn.cuda.is_available():", c.is_available(), "device_count:", n,
       [c.get_device_name(i) for i in range(n)])
 assert fusedrnn.config()["cuda"] and c.is_available(), "no CUDA backend or no GPU"
+import numpy as np, torch
+from fusedrnn import functional as F
+x = torch.randn(3, 2, 4, device="cuda")
+y, h, cn, ctx = F.stack_forward("lstm", x, {"weight_ih_l0": torch.randn(8, 4, device="cuda"),
+                                            "weight_hh_l0": torch.randn(8, 2, device="cuda")})
+torch.cuda.synchronize()
+print("first device call ok:", tuple(y.shape), y.device, "| cuBLAS:", c.cublas_status())
 ' && BUILT=1
 else
   skip_stage import "$BUILD_LOG"
@@ -211,16 +221,21 @@ if [[ $BUILT == 1 ]]; then
     tests/test_native.py -k "inference or repeatable or none_output or thread_counts or release"
   SAN=(compute-sanitizer --error-exitcode 99 --print-limit 40)
   CASE=("$PY" tests/cuda/sanitizer_case.py)
+  # fusedrnn's own GEMM kernel (FUSEDRNN_CUBLAS=0) where the runs above use cuBLAS
+  background owngemm 150 "$WORK/owngemm.log" env FUSEDRNN_CUBLAS=0 "${PYTEST[@]}" \
+    tests/cuda/test_cuda_native.py tests/cuda/test_cuda_stack.py -x
   background memcheck 150 "$WORK/memcheck.log" "${SAN[@]}" --tool memcheck "${CASE[@]}"
+  background memcheck_own 150 "$WORK/memcheck_own.log" env FUSEDRNN_CUBLAS=0 "${SAN[@]}" \
+    --tool memcheck "${CASE[@]}"
   background racecheck 150 "$WORK/racecheck.log" "${SAN[@]}" --tool racecheck "${CASE[@]}"
   background synccheck 150 "$WORK/synccheck.log" "${SAN[@]}" --tool synccheck "${CASE[@]}"
   background initcheck 150 "$WORK/initcheck.log" "${SAN[@]}" --tool initcheck "${CASE[@]}"
   collect
-  cat "$WORK/native.log" >"$OUTDIR/tests_native.log"
-  for t in memcheck racecheck synccheck initcheck; do cat "$WORK/$t.log"; echo; done \
+  cat "$WORK/native.log" "$WORK/owngemm.log" >"$OUTDIR/tests_native.log"
+  for t in memcheck memcheck_own racecheck synccheck initcheck; do cat "$WORK/$t.log"; echo; done \
     >"$OUTDIR/sanitizer.log"
 else
-  for s in tests native memcheck racecheck; do skip_stage "$s" "$BUILD_LOG"; done
+  for s in tests native owngemm memcheck memcheck_own racecheck; do skip_stage "$s" "$BUILD_LOG"; done
 fi
 
 # ------------------------------------------------------------------------------------------
@@ -257,7 +272,7 @@ fi
     [[ -f $f ]] && echo "$(basename "$f"): $(grep -E '(passed|failed|error|skipped|no tests ran)' "$f" | tail -1)"
   done
   if [[ -f $OUTDIR/sanitizer.log ]]; then
-    grep -E '^=== (memcheck|racecheck|synccheck|initcheck): exit|ERROR SUMMARY|RACECHECK SUMMARY|sanitizer_case \(' \
+    grep -E '^=== (memcheck|memcheck_own|racecheck|synccheck|initcheck): exit|ERROR SUMMARY|RACECHECK SUMMARY|sanitizer_case \(' \
       "$OUTDIR/sanitizer.log"
   fi
   if [[ -f $OUTDIR/bench.log ]]; then
