@@ -193,3 +193,29 @@ def test_cublas_mapping(ta, tb):
     b = rng.standard_normal((N, K) if tb else (K, N))
     want = (a.T if ta else a) @ (b.T if tb else b)
     np.testing.assert_allclose(_C._testing.colmajor_gemm(ta, tb, a, b), want, rtol=1e-13)
+
+
+def test_device_stamps_catch_every_change():
+    """The device backend's content stamps (device/stamps.h): the same contents give the same
+    stamp wherever they live; a change of one element anywhere (first, last, past a chunk
+    boundary, a swap) changes it; the comparison names the first changed array."""
+    rng = np.random.default_rng(12)
+    arrays = [rng.standard_normal(n).astype(dt) for n, dt in
+              [(1, np.float32), (511, np.float32), (512, np.float32), (1300, np.float64),
+               (3, np.float64)]] + [rng.standard_normal((40, 30)).astype(np.float32)] * 40
+    s0 = _C._testing.device_stamps(arrays)
+    assert s0.shape == (len(arrays),) and s0.dtype == np.uint64
+    np.testing.assert_array_equal(s0, _C._testing.device_stamps([a.copy() for a in arrays]))
+    assert _C._testing.device_changed_stamp(arrays, s0) == -1
+    for k, i in [(0, 0), (1, 510), (2, 511), (3, 1299), (3, 600), (4, 1), (44, 1199)]:
+        changed = [a.copy() for a in arrays]
+        flat = changed[k].reshape(-1)
+        flat[i] = np.nextafter(flat[i], np.inf)
+        s1 = _C._testing.device_stamps(changed)
+        assert s1[k] != s0[k], (k, i)
+        assert _C._testing.device_changed_stamp(changed, s0) == k
+    swapped = [a.copy() for a in arrays]
+    swapped[3][[5, 6]] = swapped[3][[6, 5]]
+    assert _C._testing.device_changed_stamp(swapped, s0) == 3
+    assert _C._testing.device_stamps([np.zeros(4, np.float32)])[0] != \
+        _C._testing.device_stamps([np.zeros(5, np.float32)])[0]

@@ -1,5 +1,5 @@
 // The stack entry point: validate the arrays, allocate outputs and the training state with the
-// caller's allocator, stamp what backward will read (host calls), release the GIL, call
+// caller's allocator, stamp what backward will read, release the GIL, call
 // fusedrnn/stack.h (x on the CPU) or fusedrnn/cuda.h (x on a CUDA device, on the call's stream).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -346,8 +346,9 @@ void run_backward(const StackCall& a, const StackWeights<T>* w, const void* rese
 // Content stamps (fusedrnn::content_stamps) of what backward reads besides the reserve: a
 // training forward stamps them, backward checks them, so an in-place change in between (an
 // optimizer step, load_state_dict, a reused input buffer) raises instead of mixing old
-// activations with new values. Host calls only: stamping reads the memory on the host, and a
-// device call is not stamped (torch's version counters guard the torch adapter there).
+// activations with new values. Host calls stamp on the host into a NumPy uint64 array; device
+// calls stamp on the device (device/stamps.h) into a uint8 device array of 8 bytes per stamp,
+// and backward reads one integer back (it waits for the call's stream once).
 struct Stamped {
   std::vector<std::string> names;
   std::vector<const void*> data;
@@ -366,6 +367,12 @@ struct Stamped {
   }
   void compute(uint64_t* out) const {  // without the GIL
     content_stamps(data.size(), data.data(), bytes.data(), out);
+  }
+  [[noreturn]] void changed(size_t k) const {
+    throw std::runtime_error(concat(
+        "stack_backward: '", names[k], "' was modified (by an inplace operation) after the "
+        "training forward call; backward would combine that call's saved activations with the "
+        "new values. Run the forward again after changing an input or a parameter."));
   }
 };
 
@@ -386,15 +393,27 @@ py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
   if (cfg.training) reserve = out({int64_t(layout.bytes)}, DType::UInt8);
   std::optional<Stamped> stamped;
   std::optional<py::array_t<uint64_t>> stamps;
-  if (cfg.training && check_inplace && !a.on_device()) {
+  std::optional<Arg> device_stamps;
+  if (cfg.training && check_inplace) {
     stamped.emplace(a);
-    stamps = py::array_t<uint64_t>(py::ssize_t(stamped->data.size()));
+    const int64_t n = int64_t(stamped->data.size());
+    if (a.on_device()) device_stamps = out({8 * n}, DType::UInt8);
+    else stamps = py::array_t<uint64_t>(py::ssize_t(n));
   }
   auto w = weight_ptrs<T>(a);
-  uint64_t* stamp_out = stamps ? stamps->mutable_data() : nullptr;
+  uint64_t* stamp_out = stamps ? stamps->mutable_data()
+                        : device_stamps ? static_cast<uint64_t*>(device_stamps->view.data)
+                                        : nullptr;
+  FUSEDRNN_CHECK(reinterpret_cast<uintptr_t>(stamp_out) % 8 == 0,
+                 "the allocator returned stamps not aligned to 8 bytes");
   {
     py::gil_scoped_release nogil;
-    if (stamped) stamped->compute(stamp_out);
+#if FUSEDRNN_WITH_CUDA
+    if (stamped && device_stamps)
+      cuda::content_stamps(stamped->data.size(), stamped->data.data(), stamped->bytes.data(),
+                           stamp_out, a.x.view.device.id, a.cfg.stream);
+#endif
+    if (stamped && stamps) stamped->compute(stamp_out);
     run_forward<T>(a, w.data(), y.ptr<T>(), h_n.ptr<T>(), ptr<T>(c_n),
                    reserve ? reserve->view.data : nullptr);
   }
@@ -404,7 +423,9 @@ py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
     py::detail::array_proxy(reserve->object.ptr())->flags &=
         ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return py::make_tuple(y.object, h_n.object, object_or_none(c_n), object_or_none(reserve),
-                        stamps ? py::object(*stamps) : py::object(py::none()));
+                        stamps          ? py::object(*stamps)
+                        : device_stamps ? device_stamps->object
+                                        : py::object(py::none()));
 }
 
 py::tuple py_stack_forward(int kind, py::handle x, py::dict params, int64_t num_layers,
@@ -420,6 +441,7 @@ py::tuple py_stack_forward(int kind, py::handle x, py::dict params, int64_t num_
 
 template <class T>
 py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::array> stamps,
+                         const std::optional<Arg>& device_stamps,
                          const std::optional<Arg>& dy, const std::optional<Arg>& dh_n,
                          const std::optional<Arg>& dc_n, py::object grads_in, py::handle alloc) {
   const StackConfig& cfg = a.cfg;
@@ -462,6 +484,13 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
   auto w = weight_ptrs<T>(a);
   std::optional<Stamped> stamped;
   std::vector<uint64_t> before, now;
+  if (device_stamps) {
+    stamped.emplace(a);
+    check_shape(*device_stamps, "stamps", {8 * int64_t(stamped->data.size())},
+                "(8 bytes per stamped array,): the context's own");
+    FUSEDRNN_CHECK(reinterpret_cast<uintptr_t>(device_stamps->view.data) % 8 == 0,
+                   "stamps must be aligned to 8 bytes");
+  }
   if (stamps) {
     stamped.emplace(a);
     FUSEDRNN_CHECK(stamps->ndim() == 1 && size_t(stamps->shape(0)) == stamped->data.size(),
@@ -472,16 +501,20 @@ py::tuple backward_typed(StackCall& a, const Arg& reserve, std::optional<py::arr
   }
   {
     py::gil_scoped_release nogil;
-    if (stamped) {
+    if (stamped && stamps) {
       stamped->compute(now.data());
       for (size_t k = 0; k < now.size(); ++k)
-        if (now[k] != before[k])
-          throw std::runtime_error(concat(
-              "stack_backward: '", stamped->names[k], "' was modified (by an inplace "
-              "operation) after the training forward call; backward would combine that call's "
-              "saved activations with the new values. Run the forward again after changing an "
-              "input or a parameter."));
+        if (now[k] != before[k]) stamped->changed(k);
     }
+#if FUSEDRNN_WITH_CUDA
+    if (stamped && device_stamps) {
+      const int64_t k = cuda::changed_stamp(
+          stamped->data.size(), stamped->data.data(), stamped->bytes.data(),
+          static_cast<const uint64_t*>(device_stamps->view.data), a.x.view.device.id,
+          a.cfg.stream);
+      if (k >= 0) stamped->changed(size_t(k));
+    }
+#endif
     run_backward<T>(a, w.data(), reserve.view.data, cptr<T>(dy), cptr<T>(dh_n), cptr<T>(dc_n),
                     dx.ptr<T>(), dh0.ptr<T>(), ptr<T>(dc0), g.data(), accumulate);
   }
@@ -508,9 +541,14 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
   FUSEDRNN_CHECK(reinterpret_cast<uintptr_t>(reserve.view.data) % elem == 0,
                  "reserve must be aligned to ", elem, " bytes");
   std::optional<py::array> stamps;
-  FUSEDRNN_CHECK(stamps_.is_none() || !a.on_device(), "stamps must be None for a device call "
-                 "(device calls are not content-stamped)");
-  if (!stamps_.is_none()) stamps = py::array::ensure(stamps_);
+  std::optional<Arg> device_stamps;
+  if (!stamps_.is_none() && a.on_device()) {
+    device_stamps = array_arg(stamps_, "stamps", &a.call);
+    check_dtype(*device_stamps, "stamps", DType::UInt8, " (the device stamps of the forward call)");
+    check_same_device(*device_stamps, "stamps", dev);
+  } else if (!stamps_.is_none()) {
+    stamps = py::array::ensure(stamps_);
+  }
   auto opt = [&](py::handle obj, const char* name, std::vector<int64_t> shape,
                  const char* meaning) -> std::optional<Arg> {
     std::optional<Arg> v = optional_array_arg(obj, name, &a.call);
@@ -530,8 +568,8 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
   auto dc_n = opt(dc_n_, "dc_n", a.state_shape(cfg.hidden),
                   layer ? "(batch, hidden_size) like c_n" : "like c_n");
   if (a.dtype == DType::Float32)
-    return backward_typed<float>(a, reserve, stamps, dy, dh_n, dc_n, grads, alloc);
-  return backward_typed<double>(a, reserve, stamps, dy, dh_n, dc_n, grads, alloc);
+    return backward_typed<float>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads, alloc);
+  return backward_typed<double>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads, alloc);
 }
 
 // Where each piece of the training state lies in the reserve (byte offsets; -1: absent).
@@ -573,8 +611,8 @@ void register_stack(py::module_& m) {
         "Whole stack. Returns (y, h_n, c_n or None, reserve or None, stamps or None); outputs "
         "and the training state come from alloc(shape, dtype_name), on x's device. x on a CUDA "
         "device runs there, on `stream` (a cudaStream_t as an int; 0: the legacy default "
-        "stream), with lengths an int64 array on that device; a device call is not "
-        "content-stamped (stamps None).");
+        "stream), with lengths an int64 array on that device; its stamps are a uint8 array "
+        "there (8 bytes per stamped array).");
   m.def("stack_backward", &py_stack_backward, py::arg("kind"), py::arg("x"), py::arg("params"),
         py::arg("num_layers"), py::arg("bidirectional"), py::arg("reverse"), py::arg("h0"),
         py::arg("c0"), py::arg("lengths"), py::arg("batch_first"), py::arg("dropout"),

@@ -19,11 +19,14 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <cblas.h>
 
 #include "device/blas_mapping.h"
 #include "device/emulated.h"
+#include "device/host_exec.h"
+#include "device/stamps.h"
 
 #include "cells/activations.h"
 #include "core/registry.h"
@@ -241,6 +244,38 @@ py::array_t<double> colmajor_gemm(bool ta, bool tb, py::array_t<double, py::arra
   return c;
 }
 
+// The device stamps (device/stamps.h) of C-contiguous host arrays, on the host executor.
+struct HostArrays {
+  std::vector<py::array> keep;
+  std::vector<const void*> data;
+  std::vector<size_t> bytes;
+  explicit HostArrays(const py::list& arrays) {
+    for (auto item : arrays) {
+      py::array a = py::array::ensure(item, py::array::c_style);
+      FUSEDRNN_CHECK(a && a.itemsize() % 4 == 0, "arrays must have 4- or 8-byte elements");
+      keep.push_back(a);
+      data.push_back(a.data());
+      bytes.push_back(size_t(a.nbytes()));
+    }
+  }
+};
+
+py::array_t<uint64_t> device_stamps(const py::list& arrays) {
+  HostArrays h(arrays);
+  py::array_t<uint64_t> out(py::ssize_t(h.data.size()));
+  device::HostExec ex;
+  device::device_stamps(ex, h.data.size(), h.data.data(), h.bytes.data(), out.mutable_data());
+  return out;
+}
+
+int64_t device_changed_stamp(const py::list& arrays, py::array_t<uint64_t> stamps) {
+  HostArrays h(arrays);
+  FUSEDRNN_CHECK(size_t(stamps.size()) == h.data.size(), "one stamp per array");
+  device::HostExec ex;
+  return device::first_changed_stamp(ex, h.data.size(), h.data.data(), h.bytes.data(),
+                                     stamps.data());
+}
+
 }  // namespace
 
 void register_testing(py::module_& m) {
@@ -279,6 +314,10 @@ void register_testing(py::module_& m) {
       "Host arrays run the device backend's kernels on the host: order 0/1/2 runs each "
       "launch's elements ascending/descending/permuted; -1 is off (the CPU backend). Returns "
       "the old value. Only while no call runs.");
+  t.def("device_stamps", &device_stamps, py::arg("arrays"),
+        "The device backend's content stamps of host arrays, run on the host executor.");
+  t.def("device_changed_stamp", &device_changed_stamp, py::arg("arrays"), py::arg("stamps"),
+        "Index of the first array whose device stamp differs from stamps, or -1.");
   t.def("colmajor_gemm", &colmajor_gemm, py::arg("trans_a"), py::arg("trans_b"), py::arg("a"),
         py::arg("b"), "op(a) @ op(b) through the column-major mapping the cuBLAS call uses.");
 }

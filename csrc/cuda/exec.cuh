@@ -102,6 +102,14 @@ struct CudaExec {
       check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_),
             "cudaMemcpyAsync (device to device)");
   }
+
+  // Device to host, then waits for this stream (only).
+  void to_host(void* dst, const void* src, size_t bytes) {
+    if (!bytes) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (device to host)");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
 };
 
 }  // namespace cuda

@@ -5,6 +5,7 @@
 #include "core/stack_loop.h"
 #include "cuda/exec.cuh"
 #include "device/layer.h"
+#include "device/stamps.h"
 #include "fusedrnn/cuda.h"
 
 namespace fusedrnn {
@@ -41,6 +42,20 @@ void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int6
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
   core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
                                accumulate);
+}
+
+void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out,
+                    int device, void* stream) {
+  DeviceGuard guard(device);
+  CudaExec ex{static_cast<cudaStream_t>(stream)};
+  fusedrnn::device::device_stamps(ex, n, data, bytes, out);
+}
+
+int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
+                      const uint64_t* stamps, int device, void* stream) {
+  DeviceGuard guard(device);
+  CudaExec ex{static_cast<cudaStream_t>(stream)};
+  return fusedrnn::device::first_changed_stamp(ex, n, data, bytes, stamps);
 }
 
 #define FUSEDRNN_INSTANTIATE_CUDA_STACK(T)                                                     \

@@ -77,6 +77,8 @@ struct HostExec {
   void copy(void* dst, const void* src, size_t bytes) {
     if (bytes) std::memcpy(dst, src, bytes);
   }
+
+  void to_host(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes); }
 };
 
 }  // namespace device

@@ -40,12 +40,13 @@ and return a dict with keys ``x, h0, weight_ih, weight_hh`` and, where they appl
 ``c0, bias_ih, bias_hh, weight_hr``.
 
 The GIL is released while the kernels run. ``ctx`` keeps references to the input, initial
-state and weight arrays; a training forward on host arrays stamps their contents (a fast
-checksum) and backward raises ``RuntimeError`` if one of them was modified in place in between
+state and weight arrays; a training forward stamps their contents (a fast checksum, computed
+where the arrays live: a NumPy uint64 array for host arrays, a uint8 device array for device
+ones) and backward raises ``RuntimeError`` if one of them was modified in place in between
 (an optimizer step, ``load_state_dict``, a reused input buffer), as torch does, rather than
-combining old activations with new values. A device call is not stamped (that would read every
-array back to the host): changing its inputs in place before backward goes unnoticed (the torch
-adapter is guarded by torch's version counters instead).
+combining old activations with new values. A device backward reads the comparison back, so it
+waits for its stream once; ``check_inplace=False`` skips the stamps (the torch adapter does:
+torch's version counters guard it).
 """
 
 from __future__ import annotations
@@ -223,12 +224,11 @@ def stack_forward(mode: str, x: Array, params: Dict[str, Array], *, num_layers: 
 
     Returns ``(y, h_n, c_n, ctx)``: y (T, B, D*R) (batch-first if asked), h_n (L*D, B, R),
     c_n (L*D, B, H) or None, ctx (a :class:`StackContext`, None unless ``training``).
-    ``ctx.keep_masks`` holds the dropout masks (time-major bools). A training forward on host
-    arrays stamps the contents of ``x``, ``h0``, ``c0`` and the parameters and
+    ``ctx.keep_masks`` holds the dropout masks (time-major bools). A training forward stamps
+    the contents of ``x``, ``h0``, ``c0`` and the parameters (on their device) and
     :func:`stack_backward` raises ``RuntimeError`` if one was modified in place in between
     (``check_inplace=False`` skips the stamps, for a caller that tracks modifications itself,
-    as the torch adapter does with autograd's version counters). A device call (x on a CUDA
-    device, see the module docstring) is never stamped."""
+    as the torch adapter does with autograd's version counters)."""
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays keyed by PyTorch's names, got "
                         f"{type(params).__name__}")

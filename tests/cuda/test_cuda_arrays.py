@@ -77,7 +77,7 @@ def test_torch_tensors_on_a_side_stream_match_the_cpu(torch, mode):
     torch.cuda.current_stream(dev).wait_stream(s)
     host = lambda t: t.cpu().numpy()  # noqa: E731
     assert isinstance(y, torch.Tensor) and y.device == dev and ctx.reserve.device == dev
-    assert ctx.stamps is None
+    assert isinstance(ctx.stamps, torch.Tensor) and ctx.stamps.device == dev
     for got, want in zip((y, h_n, c_n), want_fwd):
         close(got, want, host)
     for got, want in zip(back[:3], want_bwd[:3]):

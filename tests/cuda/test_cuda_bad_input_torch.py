@@ -160,15 +160,29 @@ def test_cuda_array_interface_x_needs_an_allocator_of_its_library():
         F.stack_forward("lstm", CudaArrayInterfaceOnly(xs()), params())
 
 
-def test_device_calls_are_not_stamped():
+def test_device_calls_are_stamped_on_the_device():
+    """A training forward stamps x, h0, c0 and the parameters on the device; an in-place change
+    before backward raises naming the array, as on the CPU; unchanged arrays pass."""
     x, p = xs(), params()
-    _, _, _, ctx = F.stack_forward("lstm", x, p)
-    assert ctx.stamps is None
+    y, _, _, ctx = F.stack_forward("lstm", x, p)
+    assert isinstance(ctx.stamps, torch.Tensor) and ctx.stamps.device == x.device
+    assert ctx.stamps.dtype == torch.uint8 and ctx.stamps.numel() == 8 * (1 + len(p))
+    F.stack_backward(ctx, torch.ones_like(y))  # unchanged: fine, twice
+    F.stack_backward(ctx, torch.ones_like(y))
+    p["weight_hh_l0"][0, 0] += 1e-6
+    with pytest.raises(RuntimeError, match=r"'weight_hh_l0' was modified \(by an inplace"):
+        F.stack_backward(ctx, torch.ones_like(y))
+    y, _, _, ctx = F.stack_forward("lstm", x, p)
+    x[-1, -1, -1] = 7.0
+    with pytest.raises(RuntimeError, match=r"'x' was modified"):
+        F.stack_backward(ctx, torch.ones_like(y))
     kind = _C.CELLS["lstm"]["kind"]
-    with pytest.raises(ValueError, match=r"stamps must be None for a device call"):
+    with pytest.raises(ValueError, match=r"stamps must have shape"):
         _C.stack_backward(kind, x, p, 1, False, False, None, None, None, False, 0.0, 0,
-                          ctx.reserve, np.zeros(3, np.uint64), None, None, None, None,
-                          F._allocator(x), stream=F._stream(x))
+                          ctx.reserve, torch.zeros(3, dtype=torch.uint8, device=x.device),
+                          None, None, None, None, F._allocator(x), stream=F._stream(x))
+    _, _, _, ctx = F.stack_forward("lstm", x, p, check_inplace=False)
+    assert ctx.stamps is None
 
 
 # --- the torch adapter and the NumPy modules ---------------------------------------------------

@@ -36,6 +36,14 @@ void copy_to_host(void* dst, const void* src, size_t bytes, int device, void* st
 // array whose producer named its stream (__cuda_array_interface__ v3) is read safely.
 void stream_wait(int device, void* producer, void* consumer);
 
+// Content stamps of device arrays (device/stamps.h): out (device memory, n uint64) gets the
+// stamp of the bytes[k] bytes at data[k]; changed_stamp recomputes them and returns the index
+// of the first that differs from stamps (device memory), or -1, waiting for the stream.
+void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out,
+                    int device, void* stream);
+int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
+                      const uint64_t* stamps, int device, void* stream);
+
 // fusedrnn/stack.h's stack_forward/stack_backward on device `device`. lengths (when not null)
 // is device memory and cfg.host_lengths must hold the same values on the host.
 template <class T>
