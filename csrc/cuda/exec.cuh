@@ -49,8 +49,15 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
+// fusedrnn's stream-ordered memory pool on `device` (runtime.cu): created once per device, it
+// keeps up to kPoolKeepBytes of freed scratch across synchronisations (the device's default
+// pool returns everything to the driver at each one, so every call would map fresh memory).
+constexpr uint64_t kPoolKeepBytes = uint64_t(256) << 20;
+cudaMemPool_t scratch_pool(int device);
+
 struct CudaExec {
   cudaStream_t stream_;
+  cudaMemPool_t pool_ = nullptr;  // null: the device's default pool
 
   void* stream() const { return stream_; }
 
@@ -58,10 +65,15 @@ struct CudaExec {
   template <class T>
   class Buffer {
    public:
-    Buffer(int64_t n, cudaStream_t stream) : stream_(stream) {
-      if (n > 0)
-        check(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), sizeof(T) * size_t(n), stream),
-              "cudaMallocAsync (fusedrnn scratch)");
+    Buffer(int64_t n, cudaStream_t stream, cudaMemPool_t pool) : stream_(stream) {
+      if (n <= 0) return;
+      void** p = reinterpret_cast<void**>(&ptr_);
+      const size_t bytes = sizeof(T) * size_t(n);
+      if (pool)
+        check(cudaMallocFromPoolAsync(p, bytes, pool, stream),
+              "cudaMallocFromPoolAsync (fusedrnn scratch)");
+      else
+        check(cudaMallocAsync(p, bytes, stream), "cudaMallocAsync (fusedrnn scratch)");
     }
     ~Buffer() {
       if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
@@ -78,7 +90,7 @@ struct CudaExec {
 
   template <class T>
   Buffer<T> buffer(int64_t n) {
-    return Buffer<T>(n, stream_);
+    return Buffer<T>(n, stream_, pool_);
   }
 
   template <class F>

@@ -1,6 +1,7 @@
 // fusedrnn/cuda.h's runtime queries and copies, and the error type every CUDA call reports.
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -14,6 +15,32 @@ void throw_cuda_error(cudaError_t err, const char* what) {
   (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
   throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) +
                            ": " + cudaGetErrorString(err));
+}
+
+cudaMemPool_t scratch_pool(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  static bool tried[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!tried[device]) {
+    tried[device] = true;
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    if (cudaMemPoolCreate(&pool, &props) == cudaSuccess) {
+      uint64_t keep = kPoolKeepBytes;
+      if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) == cudaSuccess)
+        pools[device] = pool;
+      else
+        (void)cudaMemPoolDestroy(pool);
+    }
+    (void)cudaGetLastError();  // no pool: the default one (a device without pools support)
+  }
+  return pools[device];
 }
 
 int device_count() {
