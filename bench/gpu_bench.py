@@ -388,12 +388,11 @@ def _algos(row):
 
 
 def table_header():
-    head = "  ".join(f"{name:>{w}}" for name, w, _ in TABLE)
-    return head + "\n" + "-" * len(head)
+    return hz.table_header(TABLE)
 
 
 def table_row(row):
-    return "  ".join(f"{fn(row)!s:>{w}}" for _, w, fn in TABLE)
+    return hz.table_row(row, TABLE)
 
 
 # ------------------------------------------------------------------------------------------

@@ -772,13 +772,14 @@ TABLE = [  # (header, width, cell text)
 ]
 
 
-def table_header():
-    head = "  ".join(f"{name:>{w}}" for name, w, _ in TABLE)
+def table_header(table=None):
+    """The header of a printed table: (name, width, cell function) columns, TABLE's by default."""
+    head = "  ".join(f"{name:>{w}}" for name, w, _ in (table or TABLE))
     return head + "\n" + "-" * len(head)
 
 
-def table_row(row):
-    return "  ".join(f"{fn(row):>{w}}" for _, w, fn in TABLE)
+def table_row(row, table=None):
+    return "  ".join(f"{fn(row)!s:>{w}}" for _, w, fn in (table or TABLE))
 
 
 # ------------------------------------------------------------------------------------------

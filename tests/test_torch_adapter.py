@@ -518,6 +518,21 @@ class _Model(torch.nn.Module):
         return self.head(y[:, -1]).squeeze(-1) + h.sum(0).mean(-1)
 
 
+def sgd_losses(models, x, target, steps=8):
+    """{name: losses of `steps` SGD steps (momentum 0.5) of models[name] on one batch}."""
+    losses = {}
+    for name, model in models.items():
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+        losses[name] = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), target)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    return losses
+
+
 def test_swapped_model_trains_identically():
     torch.manual_seed(0)
     ref = _Model(torch.nn.LSTM)
@@ -525,16 +540,7 @@ def test_swapped_model_trains_identically():
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(1)
     x, target = torch.randn(8, 6, I, generator=g), torch.randn(8, generator=g)
-    losses = {}
-    for name, model in (("ref", ref), ("ours", ours)):
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-        losses[name] = []
-        for _ in range(8):
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), target)
-            loss.backward()
-            opt.step()
-            losses[name].append(loss.item())
+    losses = sgd_losses({"ref": ref, "ours": ours}, x, target)
     print("\nswapped-model losses (torch.nn.LSTM / fusedrnn.torch.LSTM):",
           [f"{b:.7f}/{a:.7f}" for a, b in zip(losses["ours"], losses["ref"])])
     for a, b in zip(losses["ours"], losses["ref"]):

@@ -77,6 +77,12 @@ struct DeviceLayer {
       ex.launch("transpose", rows * cols, SwapLeadingAxes<T>{src, dst, rows, cols, 1});
   }
 
+  // A state buffer: a copy of src, or zeros where the caller passed none.
+  static void copy_or_zero(Exec& ex, T* dst, const T* src, int64_t n) {
+    if (src) ex.copy(dst, src, sizeof(T) * size_t(n));
+    else ex.launch("fill", n, Fill<T>{dst, T(0)});
+  }
+
   // Zeros of a by-time array's rows no step reaches (times >= steps).
   static void zero_tail(Exec& ex, T* a, int64_t width, int64_t ld, int64_t steps, int64_t Tn,
                         int64_t B) {
@@ -119,13 +125,9 @@ struct DeviceLayer {
     auto h = ex.template buffer<T>(2 * B * R);
     T* h_cur = h.get();
     T* h_next = h.get() + B * R;
-    if (p.h0) ex.copy(h_cur, p.h0, sizeof(T) * B * R);
-    else ex.launch("fill", B * R, Fill<T>{h_cur, T(0)});
+    copy_or_zero(ex, h_cur, p.h0, B * R);
     auto c = ex.template buffer<T>(Cell::kHasCellState ? B * H : 0);
-    if (Cell::kHasCellState) {
-      if (p.c0) ex.copy(c.get(), p.c0, sizeof(T) * B * H);
-      else ex.launch("fill", B * H, Fill<T>{c.get(), T(0)});
-    }
+    if (Cell::kHasCellState) copy_or_zero(ex, c.get(), p.c0, B * H);
     auto hp = ex.template buffer<T>(B * GH);
     auto out = ex.template buffer<T>(proj ? B * H : 0);
     auto rh = ex.template buffer<T>(Cell::kTwoPhase ? B * H : 0);
@@ -175,13 +177,9 @@ struct DeviceLayer {
     auto dh = ex.template buffer<T>(2 * B * R);
     T* dh_cur = dh.get();
     T* dh_next = dh.get() + B * R;
-    if (p.dh_n) ex.copy(dh_cur, p.dh_n, sizeof(T) * B * R);
-    else ex.launch("fill", B * R, Fill<T>{dh_cur, T(0)});
+    copy_or_zero(ex, dh_cur, p.dh_n, B * R);
     auto dc = ex.template buffer<T>(Cell::kHasCellState ? B * H : 0);
-    if (Cell::kHasCellState) {
-      if (p.dc_n) ex.copy(dc.get(), p.dc_n, sizeof(T) * B * H);
-      else ex.launch("fill", B * H, Fill<T>{dc.get(), T(0)});
-    }
+    if (Cell::kHasCellState) copy_or_zero(ex, dc.get(), p.dc_n, B * H);
     auto dstep = ex.template buffer<T>(B * GH);
     auto dout = ex.template buffer<T>(proj ? B * H : 0);
     auto drh = ex.template buffer<T>(Cell::kTwoPhase ? B * H : 0);

@@ -229,16 +229,7 @@ def test_swapped_model_trains_identically_on_cuda(dt, ieee_fp32):
     x = torch.randn(16, 7, 5, generator=g, dtype=dtype).to(DEV)
     target = torch.randn(16, generator=g, dtype=dtype).to(DEV)
     tol = 1e-10 if dt == "float64" else 1e-5
-    losses = {}
-    for name, model in (("ref", ref), ("ours", ours)):
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-        losses[name] = []
-        for _ in range(8):
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), target)
-            loss.backward()
-            opt.step()
-            losses[name].append(loss.item())
+    losses = ta.sgd_losses({"ref": ref, "ours": ours}, x, target)
     for a, b in zip(losses["ours"], losses["ref"]):
         assert abs(a - b) <= tol * max(abs(b), 1.0), (losses["ours"], losses["ref"])
     assert losses["ours"][-1] < losses["ours"][0]
