@@ -149,6 +149,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--update", action="store_true", help="rewrite the budget file")
     ap.add_argument("--log", help="parse this nvcc --resource-usage output instead of compiling")
+    ap.add_argument("--report", help="also write the measured use per kernel to this JSON file")
     ap.add_argument("--nvcc", default=os.environ.get("CUDACXX") or shutil.which("nvcc") or "nvcc")
     args = ap.parse_args()
     archs = os.environ.get("FUSEDRNN_CUDA_ARCHITECTURES", "80;90").replace(",", ";").split(";")
@@ -172,6 +173,12 @@ def main() -> int:
         print(f"wrote {BUDGET.relative_to(ROOT)}: {len(budget)} kernels")
     budget = json.loads(BUDGET.read_text())
     problems = gate(measured, budget)
+    if args.report:
+        nv = subprocess.run([args.nvcc, "--version"], capture_output=True, text=True).stdout
+        doc = {"tool": "tools/cuda_resource_gate.py", "nvcc": nv.strip().splitlines()[-1:],
+               "architectures": archs, "threads_per_block": 256, "problems": problems,
+               "kernels": measured}
+        Path(args.report).write_text(json.dumps(doc, indent=1) + "\n")
     n = sum(len(v) for v in measured.values())
     worst = max(r["registers"] for v in measured.values() for r in v.values())
     print(f"cuda_resource_gate: {len(measured)} kernels x architectures = {n} compiled "
