@@ -219,3 +219,76 @@ def test_device_stamps_catch_every_change():
     assert _C._testing.device_changed_stamp(swapped, s0) == 3
     assert _C._testing.device_stamps([np.zeros(4, np.float32)])[0] != \
         _C._testing.device_stamps([np.zeros(5, np.float32)])[0]
+
+
+# --- the persistent loops (csrc/device/persistent.h) on the host grid runner ------------------
+# Blocks run as threads meeting at a barrier; a block's threads as loops per phase, ascending
+# or descending (order 1). Grids of 1-4 blocks of 7-64 threads: H not a multiple of the
+# blocks, fewer threads than rows (one k-slice) and more (several).
+
+GRIDS = [(1, 7), (3, 32), (4, 64), (2, 5)]
+
+
+@pytest.fixture(params=GRIDS, ids=[f"{b}blocks-{t}threads" for b, t in GRIDS])
+def persistent(request):
+    blocks, threads = request.param
+    _C._testing.set_persistent_emulation(1, blocks, threads)
+    try:
+        yield request.param
+    finally:
+        _C._testing.set_persistent_emulation(0)
+
+
+PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+def test_persistent_plan():
+    kinds = {name: c["kind"] for name, c in _C.CELLS.items()}
+    _C._testing.set_persistent_emulation(1, 3, 32)
+    try:
+        for name in PERSISTENT_CELLS:
+            for forward in (True, False):
+                p = _C._testing.persistent_plan(kinds[name], 5, 17, 0, 4, forward)
+                assert p["use"] and p["blocks"] == 3 and p["threads"] == 32, (name, p)
+        assert not _C._testing.persistent_plan(kinds["gru_v1"], 5, 17, 0, 4, True)["use"]
+        assert not _C._testing.persistent_plan(kinds["lstm"], 5, 17, 9, 4, True)["use"]
+        assert _C._testing.persistent_plan(kinds["lstm"], 5, 2, 0, 4, True)["blocks"] == 2
+        _C._testing.set_persistent_emulation(2, 3, 32)  # auto: batch above the crossover
+        assert not _C._testing.persistent_plan(kinds["lstm"], 64, 17, 0, 4, True)["use"]
+    finally:
+        _C._testing.set_persistent_emulation(0)
+    assert _C._testing.persistent_plan(kinds["lstm"], 5, 17, 0, 4, True)["why"] == "off"
+
+
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_sweep_matches_reference(cell, persistent):
+    old = _C._testing.set_device_emulation(1 if persistent == (3, 32) else 0)
+    try:
+        for p in tn.SWEEP:
+            if p[0] == cell and p[1] == 7 and p[4] == "f64":
+                tn.case_sweep(*p)
+        tn.case_no_bias(cell, "f32", True)
+        tn.case_threaded(cell, "f64", True, False)
+    finally:
+        _C._testing.set_device_emulation(old)
+
+
+def test_persistent_long_sequences(persistent):
+    old = _C._testing.set_device_emulation(0)
+    try:
+        for cell in PERSISTENT_CELLS:
+            tn.case_long(cell, "f32")
+    finally:
+        _C._testing.set_device_emulation(old)
+
+
+@pytest.mark.parametrize("case", [c for c in STACKS if c[0] != "gru" or c[1]],
+                         ids=lambda c: f"{c[0]}-L{c[2]}D{c[3]}P{c[4]}")
+def test_persistent_stacks_match_cpu_backend(case, persistent):
+    """Whole stacks on the persistent loops (the projection layer and the two-phase GRU fall
+    back to the step loop inside the same stack) against the CPU backend."""
+    order = _C._testing.set_device_emulation(0)
+    try:
+        test_stack_matches_cpu_backend(case, 0)
+    finally:
+        _C._testing.set_device_emulation(order)

@@ -78,8 +78,11 @@ def short_name(demangled: str) -> str:
     -> 'GemmTile<float>'."""
     s = demangled
     m = re.match(r"void fusedrnn::cuda::for_each_kernel<(.*)>\(long, .*\)$", s)
+    g = re.match(r"void fusedrnn::cuda::(\w+)<(.*)>\(.*\)$", s)
     if m:
         s = m.group(1)
+    elif g:  # a block program: "grid_kernel<PersistentForward<LstmCell, float>>"
+        s = f"{g.group(1)}<{g.group(2)}>"
     s = re.sub(r"fusedrnn::(isa_\w+|device|cuda)::", "", s)
     s = s.replace("fusedrnn::", "").replace(" >", ">").strip()
     return s

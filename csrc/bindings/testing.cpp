@@ -314,6 +314,32 @@ void register_testing(py::module_& m) {
       "Host arrays run the device backend's kernels on the host: order 0/1/2 runs each "
       "launch's elements ascending/descending/permuted; -1 is off (the CPU backend). Returns "
       "the old value. Only while no call runs.");
+  t.def(
+      "set_persistent_emulation",
+      [](int mode, int max_blocks, int threads) {
+        FUSEDRNN_CHECK(mode >= 0 && mode <= 2 && max_blocks >= 1 && threads >= 1,
+                       "mode must be 0 (off), 1 (on) or 2 (auto); max_blocks, threads >= 1");
+        device::set_persistent_emulation(mode, max_blocks, threads);
+      },
+      py::arg("mode"), py::arg("max_blocks") = 3, py::arg("threads") = 32,
+      "The device emulation's persistent loops: 0 off, 1 wherever they fit, 2 auto; run on a "
+      "host grid of at most max_blocks blocks (std::threads) of `threads` threads.");
+  t.def(
+      "persistent_plan",
+      [](int kind, int64_t batch, int64_t hidden, int64_t proj, int itemsize, bool forward) {
+        FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
+        const device::PersistentPlan p = device::emulated_persistent_plan(
+            kind, batch, hidden, proj, size_t(itemsize), forward);
+        py::dict d;
+        d["use"] = p.use;
+        d["blocks"] = p.blocks;
+        d["threads"] = p.threads;
+        d["shared_bytes"] = p.shared_bytes;
+        d["why"] = p.why;
+        return d;
+      },
+      py::arg("kind"), py::arg("batch"), py::arg("hidden"), py::arg("proj"), py::arg("itemsize"),
+      py::arg("forward"), "The plan the emulated device backend makes for a layer.");
   t.def("device_stamps", &device_stamps, py::arg("arrays"),
         "The device backend's content stamps of host arrays, run on the host executor.");
   t.def("device_changed_stamp", &device_changed_stamp, py::arg("arrays"), py::arg("stamps"),

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/cublas.h"
+#include "device/persistent.h"
 
 namespace fusedrnn {
 namespace cuda {
@@ -55,9 +56,25 @@ class DeviceGuard {
 constexpr uint64_t kPoolKeepBytes = uint64_t(256) << 20;
 cudaMemPool_t scratch_pool(int device);
 
+// The persistent kernels' block size: the threads a program spreads its rows and k-slices over.
+constexpr int kPersistentThreads = 256;
+
+// The persistent loops' mode (FUSEDRNN_PERSISTENT: 0 off, the default until they are measured
+// on a GPU; 1 wherever they fit; auto where they fit and the batch is small) and the device's
+// limits: multiprocessors and opt-in shared memory per block (runtime.cu).
+struct PersistentSetting {
+  fusedrnn::device::PersistentMode mode;
+  int multiprocessors;
+  size_t shared_optin;
+};
+PersistentSetting persistent_setting(int device);
+// The batch up to which auto picks the persistent loop (to be measured: issue 12).
+constexpr int64_t kPersistentAutoMaxBatch = 16;
+
 struct CudaExec {
   cudaStream_t stream_;
   cudaMemPool_t pool_ = nullptr;  // null: the device's default pool
+  int device_ = 0;
 
   void* stream() const { return stream_; }
 
@@ -101,6 +118,18 @@ struct CudaExec {
     for_each_kernel<<<unsigned(blocks), kThreadsPerBlock, 0, stream_>>>(n, f);
     check(cudaGetLastError(), name);
   }
+
+  fusedrnn::device::PersistentPlan persistent_plan(bool cell_ok, int64_t G, int64_t B, int64_t H,
+                                                   size_t elem, bool forward) const {
+    const PersistentSetting s = persistent_setting(device_);
+    return fusedrnn::device::plan_persistent(s.mode, cell_ok, G, B, H, elem, forward,
+                                             s.multiprocessors, kPersistentThreads,
+                                             s.shared_optin, kPersistentAutoMaxBatch);
+  }
+
+  template <class Program>
+  bool run_grid(const char* name, const fusedrnn::device::PersistentPlan& plan,
+                const Program& program);
 
   // The vendor GEMM when there is one (cuBLAS, loaded at run time); false: run GemmTile.
   template <class T>

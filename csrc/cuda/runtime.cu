@@ -1,6 +1,7 @@
 // fusedrnn/cuda.h's runtime queries and copies, and the error type every CUDA call reports.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -41,6 +42,28 @@ cudaMemPool_t scratch_pool(int device) {
     (void)cudaGetLastError();  // no pool: the default one (a device without pools support)
   }
   return pools[device];
+}
+
+PersistentSetting persistent_setting(int device) {
+  PersistentSetting s{fusedrnn::device::PersistentMode::Off, 0, 0};
+  const char* env = std::getenv("FUSEDRNN_PERSISTENT");
+  const std::string mode = env ? env : "0";
+  if (mode == "1" || mode == "on") s.mode = fusedrnn::device::PersistentMode::On;
+  else if (mode == "auto") s.mode = fusedrnn::device::PersistentMode::Auto;
+  else if (mode != "0" && mode != "off" && !mode.empty())
+    throw std::invalid_argument("FUSEDRNN_PERSISTENT must be 0, 1 or auto, got '" + mode + "'");
+  if (s.mode == fusedrnn::device::PersistentMode::Off) return s;
+  int sms = 0, optin = 0, coop = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute (multiprocessors)");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute (shared memory per block, opt-in)");
+  check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device),
+        "cudaDeviceGetAttribute (cooperative launch)");
+  if (!coop) s.mode = fusedrnn::device::PersistentMode::Off;
+  s.multiprocessors = sms;
+  s.shared_optin = size_t(optin);
+  return s;
 }
 
 int device_count() {

@@ -4,6 +4,7 @@
 
 #include "core/stack_loop.h"
 #include "cuda/exec.cuh"
+#include "cuda/grid.cuh"
 #include "device/layer.h"
 #include "device/stamps.h"
 #include "fusedrnn/cuda.h"
@@ -25,7 +26,7 @@ void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64
                    int device) {
   check_lengths(cfg, lengths);
   DeviceGuard guard(device);
-  CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device)};
+  CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
   core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
@@ -37,7 +38,7 @@ void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int6
                     T* dx, T* dh0, T* dc0, const StackGrads<T>* g, bool accumulate, int device) {
   check_lengths(cfg, lengths);
   DeviceGuard guard(device);
-  CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device)};
+  CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
   core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
@@ -47,14 +48,14 @@ void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int6
 void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out,
                     int device, void* stream) {
   DeviceGuard guard(device);
-  CudaExec ex{static_cast<cudaStream_t>(stream), scratch_pool(device)};
+  CudaExec ex{static_cast<cudaStream_t>(stream), scratch_pool(device), device};
   fusedrnn::device::device_stamps(ex, n, data, bytes, out);
 }
 
 int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
                       const uint64_t* stamps, int device, void* stream) {
   DeviceGuard guard(device);
-  CudaExec ex{static_cast<cudaStream_t>(stream), scratch_pool(device)};
+  CudaExec ex{static_cast<cudaStream_t>(stream), scratch_pool(device), device};
   return fusedrnn::device::first_changed_stamp(ex, n, data, bytes, stamps);
 }
 

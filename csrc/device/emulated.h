@@ -1,5 +1,6 @@
 #pragma once
 // The device backend run on the host (emulated.cpp), for tests.
+#include "device/persistent.h"
 #include "fusedrnn/stack.h"
 
 namespace fusedrnn {
@@ -9,6 +10,11 @@ namespace device {
 // its launches' elements in ascending, descending or permuted order (host_exec.h).
 int emulation();
 void set_emulation(int order);
+// The emulated persistent loops: mode 0 off, 1 on where they fit, 2 auto; a grid of at most
+// max_blocks blocks of `threads` (host) threads. And the plan a layer would get.
+void set_persistent_emulation(int mode, int max_blocks, int threads);
+PersistentPlan emulated_persistent_plan(int kind, int64_t B, int64_t H, int64_t proj,
+                                        size_t elem, bool forward);
 
 template <class T>
 void emulated_stack_forward(const StackConfig& cfg, const StackWeights<T>* w,

@@ -8,6 +8,9 @@
 #include <limits>
 #include <memory>
 
+#include "device/grid.h"
+#include "device/persistent.h"
+
 namespace fusedrnn {
 namespace device {
 
@@ -35,6 +38,11 @@ struct HostExec {
   // permutation. A kernel whose result depends on it (one element reading what another writes
   // in the same launch: a race on a GPU) fails the tests in one of the orders.
   int order = 0;
+  // The persistent loops (persistent.h) on the host runner (grid.h): off unless a test asks,
+  // with a grid of at most max_blocks blocks of `threads` threads.
+  PersistentMode persistent = PersistentMode::Off;
+  int max_blocks = 3, threads = 32;
+  size_t shared_limit = size_t(1) << 24;
 
   void* stream() const { return nullptr; }
 
@@ -63,6 +71,18 @@ struct HostExec {
   bool vendor_gemm(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,
                    int64_t, T, T*, int64_t) {
     return false;
+  }
+
+  PersistentPlan persistent_plan(bool cell_ok, int64_t G, int64_t B, int64_t H, size_t elem,
+                                 bool forward) const {
+    return plan_persistent(persistent, cell_ok, G, B, H, elem, forward, max_blocks, threads,
+                           shared_limit, /*auto_max_batch=*/16);
+  }
+
+  template <class Program>
+  bool run_grid(const char* /*name*/, const PersistentPlan& plan, const Program& program) {
+    run_host_grid(plan.blocks, plan.threads, plan.shared_bytes, order == 1, program);
+    return true;
   }
 
   static int64_t gcd(int64_t a, int64_t b) {

@@ -10,6 +10,9 @@
 //   buffer<T>(n)                        scratch of n T's, freed on scope exit (.get())
 //   copy(dst, src, bytes)               device to device
 //   vendor_gemm(...) -> bool            a vendor BLAS's GEMM (cuBLAS), or false
+//   persistent_plan(cell_ok, G, B, H, elem, forward) -> PersistentPlan   (persistent.h)
+//   run_grid(name, plan, program) -> bool   a block program (grid.h) on plan.blocks co-resident
+//                                       blocks; false: it cannot run so (the step loop runs)
 // and the GEMM/GEMV below are launches of kernels.h's GemmTile/GemvT where no vendor GEMM runs.
 //
 // Forward, per step s: hp = h W_hh^T (one GEMM over the batch; the two-phase GRU: its r, z
@@ -27,6 +30,7 @@
 #include "core/registry.h"
 #include "core/step_map.h"
 #include "device/kernels.h"
+#include "device/persistent.h"
 #include "fusedrnn/params.h"
 #include "fusedrnn/stack.h"
 
@@ -135,6 +139,17 @@ struct DeviceLayer {
     T* saved = training ? p.saved : saved_scratch.get();
     const int64_t k1 = Cell::kPhase1Gates * H;  // W_hh rows acting on h
 
+    // The persistent loop (persistent.h) where the executor plans one: every step in one launch.
+    if constexpr (has_persistent_loop<Cell>()) {
+      const PersistentPlan plan = ex.persistent_plan(!proj, G, B, H, sizeof(T), true);
+      if (plan.use && B > 0) {
+        PersistentForwardParams<T> pp{map,    B,     H,        hs.steps, xp.get(), p.w_hh,
+                                      b_hh,   h.get(), c.get(), p.y,      ld_y,     saved,
+                                      p.h_prev, training, p.h_n, p.c_n};
+        if (ex.run_grid("persistent forward", plan, PersistentForward<Cell, T>{pp})) return;
+      }
+    }
+
     for (int64_t s = 0; s < hs.steps && B > 0; ++s) {
       const StepShape<T> sh{map, s, B, H, R, proj, training};
       gemm<T>(ex, false, false, B, k1, R, T(1), h_cur, R, w_hh_t.get(), GH, T(0), hp.get(), GH);
@@ -180,12 +195,27 @@ struct DeviceLayer {
     copy_or_zero(ex, dh_cur, p.dh_n, B * R);
     auto dc = ex.template buffer<T>(Cell::kHasCellState ? B * H : 0);
     if (Cell::kHasCellState) copy_or_zero(ex, dc.get(), p.dc_n, B * H);
-    auto dstep = ex.template buffer<T>(B * GH);
+    PersistentPlan plan;
+    if constexpr (has_persistent_loop<Cell>())
+      plan = ex.persistent_plan(!proj, G, B, H, sizeof(T), false);
+    // the persistent loop exchanges dstep through two buffers (by step parity)
+    auto dstep = ex.template buffer<T>((plan.use ? 2 : 1) * B * GH);
     auto dout = ex.template buffer<T>(proj ? B * H : 0);
     auto drh = ex.template buffer<T>(Cell::kTwoPhase ? B * H : 0);
     const int64_t k1 = Cell::kPhase1Gates * H;
+    bool done = false;  // the time loop ran persistently (dh0, dc0 written)
 
-    for (int64_t s = hs.steps - 1; s >= 0 && B > 0; --s) {
+    if constexpr (has_persistent_loop<Cell>()) {
+      if (plan.use && B > 0) {
+        PersistentBackwardParams<T> pp{map,   B,      H,           hs.steps,  p.saved,
+                                       p.h_prev, p.dy, ld_dy,     p.w_hh,    dh_cur,
+                                       dc.get(), dstep.get(), dxp.get(), dhp.get(), p.dh0,
+                                       p.dc0};
+        done = ex.run_grid("persistent backward", plan, PersistentBackward<Cell, T>{pp});
+      }
+    }
+
+    for (int64_t s = hs.steps - 1; s >= 0 && B > 0 && !done; --s) {
       const StepShape<T> sh{map, s, B, H, R, proj, true};
       ex.launch("gather dh", B * R, GatherDh<T>{sh, p.dy, ld_dy, dh_cur, dh_next, dproj.get()});
       if (proj)
@@ -203,7 +233,7 @@ struct DeviceLayer {
       gemm<T>(ex, false, false, B, R, k1, T(1), dstep.get(), GH, p.w_hh, R, T(1), dh_next, R);
       std::swap(dh_cur, dh_next);
     }
-    if (B > 0) {
+    if (B > 0 && !done) {
       ex.copy(p.dh0, dh_cur, sizeof(T) * B * R);
       if (Cell::kHasCellState && p.dc0) ex.copy(p.dc0, dc.get(), sizeof(T) * B * H);
     }
