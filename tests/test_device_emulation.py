@@ -292,3 +292,47 @@ def test_persistent_stacks_match_cpu_backend(case, persistent):
         test_stack_matches_cpu_backend(case, 0)
     finally:
         _C._testing.set_device_emulation(order)
+
+
+# The H200 (sm_90): 132 multiprocessors, 227 KiB of shared memory per block (opt-in), and the
+# persistent kernels' 256 threads per block (csrc/cuda/exec.cuh).
+H200 = dict(max_blocks=132, threads=256, shared_limit=232448, auto_max_batch=16)
+
+
+@pytest.mark.parametrize("gates", [4, 3, 1], ids=["lstm", "gru", "rnn"])
+def test_persistent_plan_on_an_h200_covers_the_targets(gates):
+    """Issue 12's targets (B in {1, 4, 8}, H in {256, 512, 1024}, fp32) fit on an H200, forward
+    and backward, in at most 227 KiB per block; B = 64 at H = 1024 does not (the step loop
+    runs), nor does auto pick B > 16; the plan never exceeds the limit it is given."""
+    for B in (1, 4, 8):
+        for H in (256, 512, 1024):
+            for forward in (True, False):
+                p = _C._testing.plan_persistent(1, True, gates, B, H, 4, forward, **H200)
+                assert p["use"], (B, H, forward, p)
+                assert p["blocks"] == min(H, 132) and p["shared_bytes"] <= H200["shared_limit"]
+    big = _C._testing.plan_persistent(1, True, gates, 64, 1024, 4, True, **H200)
+    assert not big["use"] and "shared memory" in big["why"]
+    assert not _C._testing.plan_persistent(2, True, gates, 32, 256, 4, True, **H200)["use"]
+    assert _C._testing.plan_persistent(2, True, gates, 16, 256, 4, True, **H200)["use"]
+    assert not _C._testing.plan_persistent(1, False, gates, 1, 256, 4, True, **H200)["use"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        B, H, limit = int(rng.integers(1, 65)), int(rng.integers(1, 3000)), \
+            int(rng.integers(1 << 12, 1 << 18))
+        p = _C._testing.plan_persistent(1, True, gates, B, H, 4, bool(rng.integers(2)),
+                                        max_blocks=132, threads=256, shared_limit=limit,
+                                        auto_max_batch=16)
+        assert not p["use"] or p["shared_bytes"] <= limit
+
+
+def test_persistent_partition_arithmetic():
+    """device::unit_range: every unit is owned by exactly one block, in order, and block sizes
+    differ by at most one, for H not a multiple of the blocks too."""
+    for H in (1, 2, 7, 131, 132, 133, 1030):
+        for blocks in (1, 3, 132):
+            nb = min(H, blocks)
+            ranges = _C._testing.unit_ranges(H, nb)
+            assert ranges[0][0] == 0 and ranges[-1][1] == H
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            sizes = [u1 - u0 for u0, u1 in ranges]
+            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1, (H, nb, sizes)

@@ -340,6 +340,38 @@ void register_testing(py::module_& m) {
       },
       py::arg("kind"), py::arg("batch"), py::arg("hidden"), py::arg("proj"), py::arg("itemsize"),
       py::arg("forward"), "The plan the emulated device backend makes for a layer.");
+  t.def(
+      "unit_ranges",
+      [](int64_t H, int64_t blocks) {
+        py::list out;
+        for (int64_t k = 0; k < blocks; ++k) {
+          int64_t u0, u1;
+          device::unit_range(H, blocks, k, u0, u1);
+          out.append(py::make_tuple(u0, u1));
+        }
+        return out;
+      },
+      py::arg("hidden"), py::arg("blocks"), "The persistent kernels' units per block.");
+  t.def(
+      "plan_persistent",
+      [](int mode, bool cell_ok, int64_t gates, int64_t batch, int64_t hidden, int itemsize,
+         bool forward, int max_blocks, int threads, size_t shared_limit,
+         int64_t auto_max_batch) {
+        const device::PersistentPlan p = device::plan_persistent(
+            device::PersistentMode(mode), cell_ok, gates, batch, hidden, size_t(itemsize),
+            forward, max_blocks, threads, shared_limit, auto_max_batch);
+        py::dict d;
+        d["use"] = p.use;
+        d["blocks"] = p.blocks;
+        d["threads"] = p.threads;
+        d["shared_bytes"] = p.shared_bytes;
+        d["why"] = p.why;
+        return d;
+      },
+      py::arg("mode"), py::arg("cell_ok"), py::arg("gates"), py::arg("batch"), py::arg("hidden"),
+      py::arg("itemsize"), py::arg("forward"), py::arg("max_blocks"), py::arg("threads"),
+      py::arg("shared_limit"), py::arg("auto_max_batch"),
+      "device::plan_persistent for explicit device limits (the H200's, say).");
   t.def("device_stamps", &device_stamps, py::arg("arrays"),
         "The device backend's content stamps of host arrays, run on the host executor.");
   t.def("device_changed_stamp", &device_changed_stamp, py::arg("arrays"), py::arg("stamps"),
