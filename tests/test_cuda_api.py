@@ -149,3 +149,13 @@ def test_state_dict_values_of_another_library_load():
     m.load_state_dict(other.state_dict())
     for a, b in zip(m.parameters(), other.parameters()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(fusedrnn.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_persistent_plan_without_a_gpu_raises_clearly():
+    with pytest.raises(RuntimeError, match=r"built without CUDA|CUDA error in cudaGetDevice"):
+        fusedrnn.cuda.persistent_plan("lstm", 256, 4)
+    with pytest.raises(TypeError, match=r"dtype must be 'float32' or 'float64'"):
+        fusedrnn.cuda.persistent_plan("lstm", 256, 4, dtype="float16")
+    with pytest.raises(ValueError, match=r"mode must be one of"):
+        fusedrnn.cuda.persistent_plan("lstmx", 256, 4)

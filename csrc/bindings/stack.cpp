@@ -600,6 +600,29 @@ py::dict py_state_layout(int kind, int64_t steps, int64_t batch, int64_t input, 
   return d;
 }
 
+// The time loop a layer would run on a CUDA device now (fusedrnn.cuda.persistent_plan).
+py::dict py_cuda_persistent_plan(int kind, int64_t batch, int64_t hidden, int64_t proj,
+                                 int64_t itemsize, bool forward, int device) {
+  FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
+  FUSEDRNN_CHECK(itemsize == 4 || itemsize == 8, "itemsize must be 4 or 8");
+  FUSEDRNN_CHECK(batch >= 0 && hidden >= 1 && proj >= 0, "batch >= 0, hidden >= 1, proj >= 0");
+#if FUSEDRNN_WITH_CUDA
+  const cuda::PersistentChoice c = cuda::persistent_choice(
+      static_cast<CellKind>(kind), batch, hidden, proj, size_t(itemsize), forward, device);
+  py::dict d;
+  d["persistent"] = c.use;
+  d["blocks"] = c.blocks;
+  d["threads"] = c.threads;
+  d["shared_bytes"] = c.shared_bytes;
+  d["why"] = c.why;
+  return d;
+#else
+  (void)forward;
+  (void)device;
+  throw std::runtime_error("cuda_persistent_plan: this fusedrnn was built without CUDA");
+#endif
+}
+
 }  // namespace
 
 void register_stack(py::module_& m) {
@@ -622,6 +645,11 @@ void register_stack(py::module_& m) {
         "BPTT through a training stack_forward with the same arguments and its reserve, on "
         "`stream` for a device call (the current stream at backward time, which need not be "
         "the forward's). Returns (dx, dh0, dc0 or None, grads by PyTorch name).");
+  m.def("cuda_persistent_plan", &py_cuda_persistent_plan, py::arg("kind"), py::arg("batch"),
+        py::arg("hidden"), py::arg("proj"), py::arg("itemsize"), py::arg("forward"),
+        py::arg("device") = 0,
+        "The time loop a layer would run on CUDA device `device` now: {'persistent', "
+        "'blocks', 'threads', 'shared_bytes', 'why'}.");
   m.def("state_layout", &py_state_layout, py::arg("kind"), py::arg("steps"), py::arg("batch"),
         py::arg("input"), py::arg("hidden"), py::arg("proj"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("batch_first"), py::arg("dropout"),

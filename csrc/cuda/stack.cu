@@ -59,6 +59,19 @@ int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
   return fusedrnn::device::first_changed_stamp(ex, n, data, bytes, stamps);
 }
 
+PersistentChoice persistent_choice(CellKind kind, int64_t batch, int64_t hidden, int64_t proj,
+                                   size_t elem, bool forward, int device) {
+  DeviceGuard guard(device);
+  const CudaExec ex{nullptr, nullptr, device};
+  return visit_cell(kind, [&](auto cell) {
+    using Cell = decltype(cell);
+    const fusedrnn::device::PersistentPlan p = ex.persistent_plan(
+        fusedrnn::device::has_persistent_loop<Cell>() && proj == 0, Cell::kGates, batch, hidden,
+        elem, forward);
+    return PersistentChoice{p.use, p.blocks, p.threads, p.shared_bytes, p.why};
+  });
+}
+
 #define FUSEDRNN_INSTANTIATE_CUDA_STACK(T)                                                     \
   template void stack_forward<T>(const StackConfig&, const StackWeights<T>*, const int64_t*,  \
                                  const T*, const T*, const T*, T*, T*, T*, void*, int);       \

@@ -17,7 +17,7 @@ import os
 from fusedrnn._loader import _C
 
 __all__ = ["is_available", "is_built", "device_count", "get_device_name", "versions",
-           "cublas_status"]
+           "cublas_status", "persistent_plan"]
 
 _available = None  # the devices a process sees are fixed when CUDA initialises
 
@@ -76,6 +76,27 @@ def versions() -> dict:
     driver's CUDA version, as 13000 for 13.0 (zeros without the CUDA backend; driver 0 without
     a driver)."""
     return dict(_C.cuda_versions())
+
+
+def persistent_plan(mode: str, hidden_size: int, batch: int, *, proj_size: int = 0,
+                    reset_after: bool = True, dtype: str = "float32", device: int = 0) -> dict:
+    """Which time loop a layer of this shape runs on CUDA device ``device`` now, forward and
+    backward: ``{"forward": {...}, "backward": {...}}``, each ``{"persistent": bool, "blocks",
+    "threads", "shared_bytes", "why"}``. The persistent kernel (one launch per layer, W_hh on
+    chip, one grid barrier per step) runs where ``FUSEDRNN_PERSISTENT`` allows it (``0``: never,
+    the default until it is measured on a GPU; ``1``: wherever it fits; ``auto``: where it fits
+    and the batch is small) and the layer has one exchange per step (no projection, GRU with
+    ``reset_after``); else the per-step kernels run. Read at every call: the variable may change
+    between calls."""
+    from fusedrnn.functional import _kind
+
+    itemsize = {"float32": 4, "float64": 8}.get(str(dtype))
+    if itemsize is None:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    kind = _kind(mode, reset_after)
+    return {d: dict(_C.cuda_persistent_plan(kind, int(batch), int(hidden_size), int(proj_size),
+                                            itemsize, d == "forward", int(device)))
+            for d in ("forward", "backward")}
 
 
 def _cublas_candidates() -> list:

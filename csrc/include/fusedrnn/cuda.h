@@ -44,6 +44,17 @@ void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint
 int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
                       const uint64_t* stamps, int device, void* stream);
 
+// What a layer's time loop would run on `device` now (FUSEDRNN_PERSISTENT and the device's
+// limits): the persistent kernel (blocks x threads, shared bytes) or the per-step path (why).
+struct PersistentChoice {
+  bool use = false;
+  int blocks = 0, threads = 0;
+  size_t shared_bytes = 0;
+  std::string why;
+};
+PersistentChoice persistent_choice(CellKind kind, int64_t batch, int64_t hidden, int64_t proj,
+                                   size_t elem, bool forward, int device);
+
 // fusedrnn/stack.h's stack_forward/stack_backward on device `device`. lengths (when not null)
 // is device memory and cfg.host_lengths must hold the same values on the host.
 template <class T>
