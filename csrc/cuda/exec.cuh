@@ -96,6 +96,15 @@ struct CudaExec {
       if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
     }
     Buffer(Buffer&& o) noexcept : ptr_(o.ptr_), stream_(o.stream_) { o.ptr_ = nullptr; }
+    Buffer& operator=(Buffer&& o) noexcept {
+      if (this != &o) {
+        if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
+        ptr_ = o.ptr_;
+        stream_ = o.stream_;
+        o.ptr_ = nullptr;
+      }
+      return *this;
+    }
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
     T* get() const { return ptr_; }

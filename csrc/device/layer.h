@@ -110,10 +110,14 @@ struct DeviceLayer {
     // The weights transposed once per call, (K, N) row-major: in every per-step GEMM,
     // neighbouring threads then read neighbouring columns of one row (coalesced), where W
     // itself would have them read rows K elements apart.
-    auto w_ih_t = ex.template buffer<T>(GH * I), w_hh_t = ex.template buffer<T>(GH * R);
+    PersistentPlan plan;
+    if constexpr (has_persistent_loop<Cell>())
+      plan = ex.persistent_plan(!proj, G, B, H, sizeof(T), true);
+    auto w_ih_t = ex.template buffer<T>(GH * I);
+    auto w_hh_t = ex.template buffer<T>(plan.use ? 0 : GH * R);  // the persistent loop reads W_hh
     auto w_hr_t = ex.template buffer<T>(proj ? R * H : 0);
     transpose(ex, p.w_ih, w_ih_t.get(), GH, I);
-    transpose(ex, p.w_hh, w_hh_t.get(), GH, R);
+    if (!plan.use) transpose(ex, p.w_hh, w_hh_t.get(), GH, R);
     if (proj) transpose(ex, p.w_hr, w_hr_t.get(), R, H);
     // Input pre-activations of every step: XP = X W_ih^T + b_ih.
     auto xp = ex.template buffer<T>(TB * GH);
@@ -141,12 +145,14 @@ struct DeviceLayer {
 
     // The persistent loop (persistent.h) where the executor plans one: every step in one launch.
     if constexpr (has_persistent_loop<Cell>()) {
-      const PersistentPlan plan = ex.persistent_plan(!proj, G, B, H, sizeof(T), true);
       if (plan.use && B > 0) {
         PersistentForwardParams<T> pp{map,    B,     H,        hs.steps, xp.get(), p.w_hh,
                                       b_hh,   h.get(), c.get(), p.y,      ld_y,     saved,
                                       p.h_prev, training, p.h_n, p.c_n};
         if (ex.run_grid("persistent forward", plan, PersistentForward<Cell, T>{pp})) return;
+        // not co-resident after all: the step loop, which reads W_hh transposed
+        w_hh_t = ex.template buffer<T>(GH * R);
+        transpose(ex, p.w_hh, w_hh_t.get(), GH, R);
       }
     }
 
