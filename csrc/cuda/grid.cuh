@@ -1,8 +1,10 @@
 #pragma once
 // Block programs (device/grid.h) on a GPU: a cooperative launch of co-resident blocks, one per
 // SM, with the program's shared memory dynamic (up to the device's opt-in maximum, 227 KiB on
-// sm_90) and cooperative_groups' grid barrier.
-#include <cooperative_groups.h>
+// sm_90). The grid barrier is a counter and a generation word in global memory, inline: the
+// cooperative_groups barrier is a function call, and the register save around it made the
+// persistent kernels spill (ptxas, sm_80/sm_90). The cooperative launch still guarantees the
+// co-residency a spinning barrier needs.
 #include <cuda_runtime.h>
 
 #include "cuda/exec.cuh"
@@ -10,24 +12,52 @@
 namespace fusedrnn {
 namespace cuda {
 
+// Two words in global memory, zero at launch.
+struct GridBarrier {
+  unsigned* count;
+  unsigned* generation;
+};
+
 struct CudaBlock {
   char* shared_;
+  GridBarrier barrier_;
   __device__ int block() const { return int(blockIdx.x); }
   __device__ int blocks() const { return int(gridDim.x); }
   __device__ int threads() const { return int(blockDim.x); }
   __device__ char* shared() const { return shared_; }
   template <class F>
-  __device__ void for_threads(F&& f) const {
+  __device__ __forceinline__ void for_threads(F&& f) const {
     f(int(threadIdx.x));
   }
-  __device__ void sync_block() const { __syncthreads(); }
-  __device__ void grid_sync() const { cooperative_groups::this_grid().sync(); }
+  __device__ __forceinline__ void sync_block() const { __syncthreads(); }
+  // Thread 0 of each block arrives; the last to arrive resets the count and advances the
+  // generation, the others spin until it does. Fences order each block's writes before its
+  // arrival and the others' reads after the release.
+  __device__ __forceinline__ void grid_sync() const {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      volatile unsigned* gen = barrier_.generation;
+      const unsigned g = *gen;
+      __threadfence();
+      if (atomicAdd(barrier_.count, 1u) == gridDim.x - 1) {
+        *barrier_.count = 0;
+        __threadfence();
+        atomicAdd(barrier_.generation, 1u);
+      } else {
+        while (*gen == g) {
+        }
+      }
+      __threadfence();
+    }
+    __syncthreads();
+  }
 };
 
 template <class Program>
-__global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program program) {
+__global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program program,
+                                                                  GridBarrier barrier) {
   extern __shared__ __align__(16) char shared[];
-  const CudaBlock ctx{shared};
+  const CudaBlock ctx{shared, barrier};
   program(ctx);
 }
 
@@ -35,7 +65,7 @@ __global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program progra
 // hold that many blocks at once with this shared memory.
 template <class Program>
 bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
-                 cudaStream_t stream, const Program& program) {
+                 cudaStream_t stream, unsigned* barrier_words, const Program& program) {
   auto kernel = grid_kernel<Program>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(shared_bytes)),
@@ -47,8 +77,11 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   if (per_sm * sms < blocks) return false;  // not co-resident: the step loop runs instead
+  check(cudaMemsetAsync(barrier_words, 0, 2 * sizeof(unsigned), stream),
+        "cudaMemsetAsync (grid barrier)");
   Program copy = program;
-  void* args[] = {&copy};
+  GridBarrier barrier{barrier_words, barrier_words + 1};
+  void* args[] = {&copy, &barrier};
   check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
                                     dim3(unsigned(threads)), args, shared_bytes, stream),
         name);
@@ -58,7 +91,9 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
 template <class Program>
 bool CudaExec::run_grid(const char* name, const fusedrnn::device::PersistentPlan& plan,
                         const Program& program) {
-  return launch_grid(name, plan.blocks, plan.threads, plan.shared_bytes, stream_, program);
+  auto words = buffer<unsigned>(2);
+  return launch_grid(name, plan.blocks, plan.threads, plan.shared_bytes, stream_, words.get(),
+                     program);
 }
 
 }  // namespace cuda

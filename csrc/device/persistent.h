@@ -111,6 +111,36 @@ inline PersistentPlan plan_persistent(PersistentMode mode, bool cell_has_loop, i
   return plan;
 }
 
+// out[b] = sum_{k in [k0, k1)} w[k] v[b * ld + k] for b < B: each w[k] read once per four
+// batch rows, their sums in four scalars (an array indexed by a runtime bound would live in
+// local memory, which the resource gate refuses).
+template <class T>
+FUSEDRNN_HOST_DEVICE void dot_rows(const T* w, const T* v, int64_t ld, int64_t k0, int64_t k1,
+                                   int64_t B, T* out) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) {
+    const T* v0 = v + b * ld;
+    T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+    for (int64_t k = k0; k < k1; ++k) {
+      const T wk = w[k];
+      a0 += wk * v0[k];
+      a1 += wk * v0[ld + k];
+      a2 += wk * v0[2 * ld + k];
+      a3 += wk * v0[3 * ld + k];
+    }
+    out[b] = a0;
+    out[b + 1] = a1;
+    out[b + 2] = a2;
+    out[b + 3] = a3;
+  }
+  for (; b < B; ++b) {
+    const T* vb = v + b * ld;
+    T a = T(0);
+    for (int64_t k = k0; k < k1; ++k) a += w[k] * vb[k];
+    out[b] = a;
+  }
+}
+
 // ---- Forward --------------------------------------------------------------------------------
 
 template <class T>
@@ -150,12 +180,15 @@ struct PersistentForward {
     T* h_s = w_s + lay.w_elems();
     T* part = h_s + lay.h_elems();
     const int64_t ks = PersistentLayout::slices(nt, rows, H), klen = (H + ks - 1) / ks;
+    // task indices in 32 bits (every count here is bounded by shared memory, < 2^16 elements)
+    const int nti = int(nt), Ui = int(U), Bi = int(B), Hi = int(H), rowsi = int(rows),
+              ksi = int(ks);
 
     // The block's rows of W_hh: local row r = g*U + jl is global row g*H + u0 + jl.
     ctx.for_threads([&](int t) {
-      for (int64_t i = t; i < rows * H; i += nt) {
-        const int64_t r = i / H, k = i % H;
-        w_s[r * ws + k] = p.w_hh[((r / U) * H + u0 + r % U) * H + k];
+      for (int i = t; i < rowsi * Hi; i += nti) {  // 32-bit: a 64-bit division is a call
+        const int r = i / Hi, k = i % Hi;
+        w_s[r * ws + k] = p.w_hh[(int64_t(r / Ui) * H + u0 + r % Ui) * H + k];
       }
     });
     ctx.sync_block();
@@ -168,23 +201,17 @@ struct PersistentForward {
       ctx.sync_block();
       // Partial dot products: task (slice q, row r) sums k in [q*klen, (q+1)*klen) for every b.
       ctx.for_threads([&](int t) {
-        for (int64_t task = t; task < rows * ks; task += nt) {
-          const int64_t r = task % rows, q = task / rows;
+        for (int task = t; task < rowsi * ksi; task += nti) {
+          const int r = task % rowsi, q = task / rowsi;
           const int64_t k0 = q * klen, k1 = k0 + klen < H ? k0 + klen : H;
-          const T* w = w_s + r * ws;
-          for (int64_t b = 0; b < B; ++b) {
-            const T* h = h_s + b * H;
-            T acc = T(0);
-            for (int64_t k = k0; k < k1; ++k) acc += w[k] * h[k];
-            part[(q * rows + r) * B + b] = acc;
-          }
+          dot_rows(w_s + r * ws, h_s, H, k0, k1, B, part + (q * rows + r) * B);
         }
       });
       ctx.sync_block();
       // The cell on unit (b, u0 + jl).
       ctx.for_threads([&](int t) {
-        for (int64_t task = t; task < B * U; task += nt) {
-          const int64_t b = task / U, jl = task % U, j = u0 + jl;
+        for (int task = t; task < Bi * Ui; task += nti) {
+          const int64_t b = task / Ui, jl = task % Ui, j = u0 + jl;
           if (!p.map.active(s, b)) {
             const int64_t pad = s * B + b;
             h_next[b * H + j] = h_s[b * H + j];
@@ -217,8 +244,8 @@ struct PersistentForward {
     }
     const T* h_final = p.h_buf + (p.steps % 2) * B * H;
     ctx.for_threads([&](int t) {
-      for (int64_t task = t; task < B * U; task += nt) {
-        const int64_t b = task / U, j = u0 + task % U;
+      for (int task = t; task < Bi * Ui; task += nti) {
+        const int64_t b = task / Ui, j = u0 + task % Ui;
         p.h_n[b * H + j] = h_final[b * H + j];
         if (Cell::kHasCellState && p.c_n) p.c_n[b * H + j] = p.c[b * H + j];
       }
@@ -264,10 +291,11 @@ struct PersistentBackward {
     T* direct = wt_s + lay.w_elems();              // (B, U)
     T* part = direct + lay.h_elems();
     const int64_t ks = PersistentLayout::slices(nt, U, GH), klen = (GH + ks - 1) / ks;
+    const int nti = int(nt), Ui = int(U), Bi = int(B), GHi = int(GH), ksi = int(ks);
 
     ctx.for_threads([&](int t) {
-      for (int64_t i = t; i < U * GH; i += nt) {
-        const int64_t r = i % GH, jl = i / GH;
+      for (int i = t; i < Ui * GHi; i += nti) {  // 32-bit: a 64-bit division is a call
+        const int r = i % GHi, jl = i / GHi;
         wt_s[jl * ws + r] = p.w_hh[r * H + u0 + jl];
       }
     });
@@ -276,8 +304,8 @@ struct PersistentBackward {
       T* dstep = p.dstep + (s % 2) * B * GH;
       // The cell backward on unit (b, u0 + jl).
       ctx.for_threads([&](int t) {
-        for (int64_t task = t; task < B * U; task += nt) {
-          const int64_t b = task / U, jl = task % U, j = u0 + jl;
+        for (int task = t; task < Bi * Ui; task += nti) {
+          const int64_t b = task / Ui, jl = task % Ui, j = u0 + jl;
           if (!p.map.active(s, b)) {
             const int64_t pad = s * B + b;
             for (int g = 0; g < G; ++g) {
@@ -307,22 +335,16 @@ struct PersistentBackward {
       ctx.grid_sync();
       // dh[:, u0 + jl] = direct + dstep W_hh[:, u0 + jl], k-sliced over the G*H rows.
       ctx.for_threads([&](int t) {
-        for (int64_t task = t; task < U * ks; task += nt) {
-          const int64_t jl = task % U, q = task / U;
+        for (int task = t; task < Ui * ksi; task += nti) {
+          const int jl = task % Ui, q = task / Ui;
           const int64_t r0 = q * klen, r1 = r0 + klen < GH ? r0 + klen : GH;
-          const T* w = wt_s + jl * ws;
-          for (int64_t b = 0; b < B; ++b) {
-            const T* d = dstep + b * GH;
-            T acc = T(0);
-            for (int64_t r = r0; r < r1; ++r) acc += d[r] * w[r];
-            part[(q * U + jl) * B + b] = acc;
-          }
+          dot_rows(wt_s + jl * ws, dstep, GH, r0, r1, B, part + (q * U + jl) * B);
         }
       });
       ctx.sync_block();
       ctx.for_threads([&](int t) {
-        for (int64_t task = t; task < B * U; task += nt) {
-          const int64_t b = task / U, jl = task % U;
+        for (int task = t; task < Bi * Ui; task += nti) {
+          const int64_t b = task / Ui, jl = task % Ui;
           T acc = direct[b * U + jl];
           for (int64_t q = 0; q < ks; ++q) acc += part[(q * U + jl) * B + b];
           p.dh[b * H + u0 + jl] = acc;
@@ -331,8 +353,8 @@ struct PersistentBackward {
       ctx.sync_block();
     }
     ctx.for_threads([&](int t) {
-      for (int64_t task = t; task < B * U; task += nt) {
-        const int64_t b = task / U, j = u0 + task % U;
+      for (int task = t; task < Bi * Ui; task += nti) {
+        const int64_t b = task / Ui, j = u0 + task % Ui;
         p.dh0[b * H + j] = p.dh[b * H + j];
         if (Cell::kHasCellState && p.dc0) p.dc0[b * H + j] = p.dc[b * H + j];
       }
