@@ -18,6 +18,19 @@
 namespace fusedrnn {
 namespace device {
 
+// q = i / n, r = i % n for i, n >= 0: in 32 bits where both fit, since a 64-bit division is a
+// subroutine call on a GPU (slow, and the register save around it can make a kernel spill).
+FUSEDRNN_HOST_DEVICE void divmod(int64_t i, int64_t n, int64_t& q, int64_t& r) {
+  if (((i | n) >> 31) == 0) {
+    const uint32_t a = uint32_t(i), d = uint32_t(n), qq = a / d;
+    q = qq;
+    r = a - qq * d;
+  } else {
+    q = i / n;
+    r = i - q * n;
+  }
+}
+
 // ---- GEMM ---------------------------------------------------------------------------------------
 
 // One 4x4 tile of C per element: row-major C(M,N) = alpha op(A) op(B) + beta C, op(A) (M,K),
@@ -44,7 +57,9 @@ struct GemmTile {
   }
 
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t m0 = (i / tiles_n) * kTile, n0 = (i % tiles_n) * kTile;
+    int64_t tm, tn;
+    divmod(i, tiles_n, tm, tn);
+    const int64_t m0 = tm * kTile, n0 = tn * kTile;
     int64_t a_off[kTile], b_off[kTile];
     // Per k step, A(m, k) is at a_off[r] + k * a_step, B(k, n) at b_off[c] + k * b_step.
     const int64_t a_step = trans_a ? lda : 1, b_step = trans_b ? 1 : ldb;
@@ -119,7 +134,11 @@ struct BiasRows {
   T* xp;
   const T* bias;  // (width) or null
   int64_t width;
-  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const { xp[i] = bias ? bias[i % width] : T(0); }
+  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
+    int64_t r, c;
+    divmod(i, width, r, c);
+    xp[i] = bias ? bias[c] : T(0);
+  }
 };
 
 // Zeros of rows [first_row, first_row + rows) of a (., ld) array, columns [0, width): the
@@ -130,7 +149,9 @@ struct ZeroRows {
   T* a;
   int64_t first_row, width, ld;
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    a[(first_row + i / width) * ld + i % width] = T(0);
+    int64_t r, c;
+    divmod(i, width, r, c);
+    a[(first_row + r) * ld + c] = T(0);
   }
 };
 
@@ -143,7 +164,9 @@ struct MaskedRows {
   int64_t ld_src, I, B;
   StepMap map;  // reverse does not matter: row te*B + b is valid iff te < L_b
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t r = i / I, k = i % I, te = r / B, b = r % B;
+    int64_t r, k, te, b;
+    divmod(i, I, r, k);
+    divmod(r, B, te, b);
     dst[i] = te < map.len(b) ? src[r * ld_src + k] : T(0);
   }
 };
@@ -155,7 +178,9 @@ struct SwapLeadingAxes {
   T* dst;
   int64_t a, b, c;
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t k = i % c, j = (i / c) % b, ii = i / (b * c);
+    int64_t q, k, ii, j;
+    divmod(i, c, q, k);
+    divmod(q, b, ii, j);
     dst[(j * a + ii) * c + k] = src[i];
   }
 };
@@ -205,7 +230,9 @@ struct ResetGatesStep {
   T* saved;        // training: (T*B, S*H); inference: (B, S*H) per-step scratch
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
     constexpr int G = Cell::kGates, S = Cell::kSaved;
-    const int64_t H = sh.H, B = sh.B, b = i / H, j = i % H;
+    const int64_t H = sh.H, B = sh.B;
+    int64_t b, j;
+    divmod(i, H, b, j);
     if (!sh.map.active(sh.s, b)) {
       rh[i] = T(0);
       return;
@@ -240,7 +267,9 @@ struct ForwardStep {
   T* proj_in;      // training with projection: (T*B, H), else null
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
     constexpr int G = Cell::kGates, S = Cell::kSaved;
-    const int64_t H = sh.H, B = sh.B, R = sh.R, b = i / H, j = i % H;
+    const int64_t H = sh.H, B = sh.B, R = sh.R;
+    int64_t b, j;
+    divmod(i, H, b, j);
     if (!sh.map.active(sh.s, b)) {
       const int64_t pad = sh.s * B + b;
       if (!sh.proj) {
@@ -286,7 +315,9 @@ struct ProjectionCommit {
   int64_t ld_y;
   T* h_prev;  // training, else null
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t B = sh.B, R = sh.R, b = i / R, q = i % R;
+    const int64_t B = sh.B, R = sh.R;
+    int64_t b, q;
+    divmod(i, R, b, q);
     if (!sh.map.active(sh.s, b)) {
       const int64_t pad = sh.s * B + b;
       h_next[i] = h_cur[i];
@@ -315,7 +346,9 @@ struct GatherDh {
   T* dh_next;  // (B, R)
   T* dproj;    // (T*B, R) by time (projection), else null
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t B = sh.B, R = sh.R, b = i / R, q = i % R;
+    const int64_t B = sh.B, R = sh.R;
+    int64_t b, q;
+    divmod(i, R, b, q);
     if (!sh.map.active(sh.s, b)) {
       dh_next[i] = dh_cur[i];
       if (sh.proj) dproj[(sh.s * B + b) * R + q] = T(0);
@@ -348,7 +381,9 @@ struct BackwardStep {
   T* dh_next;       // (B, R): the direct path (no projection)
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
     constexpr int G = Cell::kGates, S = Cell::kSaved;
-    const int64_t H = sh.H, B = sh.B, R = sh.R, GH = G * H, b = i / H, j = i % H;
+    const int64_t H = sh.H, B = sh.B, R = sh.R, GH = G * H;
+    int64_t b, j;
+    divmod(i, H, b, j);
     if (!sh.map.active(sh.s, b)) {
       const int64_t pad = sh.s * B + b;
       for (int g = 0; g < G; ++g) {
@@ -389,7 +424,9 @@ struct ResetGradStep {
   T* dh_next;       // (B, R)
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
     constexpr int G = Cell::kGates, S = Cell::kSaved;
-    const int64_t H = sh.H, B = sh.B, R = sh.R, GH = G * H, b = i / H, j = i % H;
+    const int64_t H = sh.H, B = sh.B, R = sh.R, GH = G * H;
+    int64_t b, j;
+    divmod(i, H, b, j);
     if (!sh.map.active(sh.s, b)) return;  // BackwardStep zeroed its rows
     const int64_t row = sh.map.time(sh.s, b) * B + b;
     T dar, direct = dh_next[b * R + j];
