@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""fusedrnn's CUDA kernels vs torch.nn.LSTM/GRU/RNN on cuDNN, on one GPU (issue 11 item 7).
+"""fusedrnn's CUDA kernels vs torch.nn.LSTM/GRU/RNN on cuDNN, on one GPU (issue 11 item 7,
+issue 12's persistent kernels).
 
 Peers, on the same weights and inputs (torch tensors on the device):
 
@@ -9,13 +10,38 @@ Peers, on the same weights and inputs (torch tensors on the device):
 * ``cudnn``    -- ``torch.nn.LSTM / GRU / RNN(tanh)`` on the device (cuDNN): inference in
   ``eval()`` under ``no_grad``, training as forward + ``y.sum().backward()``.
 
-Configurations: bench/harness.py's (``grid``: lstm, gru, rnn_tanh x H 256 512 1024 x B 1 16 64
-x T 50 100, I = H; ``stack``: 2-layer bidirectional LSTM H 512 B 32 T 100; ``deepbench``: its
-LSTM inference shapes) plus ``deepbench_train``, DeepBench's training shapes that fit: LSTM
-H 512 1024 2048 x B 16 32 64 128, T 25, I = H, and GRU H 1536 B 32 T 187; and ``f64``: two of
-them in float64 (every other row is float32). Modes ``forward`` (inference) and ``fwd+bwd``
-(a training step). Rows run in that order of priority (deepbench_train, f64, stack, grid,
-deepbench) until ``--budget-s`` is spent; rows left are recorded as skipped.
+Issue 12 (persistent kernels) first:
+
+* ``floor`` (before every row; not a suite): ``_C.cuda_barrier_floor``, the empty persistent
+  loop of csrc/cuda/floor.cu on one block of 256 threads per multiprocessor, with
+  cooperative_groups' ``grid.sync()`` and with an own flag/epoch barrier, each without and with
+  an h broadcast of 1024 and 4096 floats per step: microseconds per step (median of
+  ``--floor-repeats`` launches of ``--floor-steps`` steps) in ``doc["floor"]``;
+* ``persistent``: the issue's target table, LSTM and GRU x B 1 4 8 x H 256 512 1024 x T 50 200,
+  I = H, one layer, float32, inference and training, each timed three ways: fusedrnn with
+  ``FUSEDRNN_PERSISTENT=1`` (``persistent``), with ``FUSEDRNN_PERSISTENT=0`` (``step``, the
+  per-step kernels) and cuDNN; ``c/pers`` and ``c/step`` = cuDNN ms / fusedrnn ms, and the
+  issue's targets (inference >= 2x cuDNN, training >= 1.5x) as met/missed flags of the
+  persistent timing (``target_met``; ``target_met_step`` for the per-step one). Each row also
+  records ``fusedrnn.cuda.persistent_plan`` under ``FUSEDRNN_PERSISTENT=1``: a row whose layer
+  does not fit runs per step in both fusedrnn timings (noted);
+* ``crossover``: LSTM H 512 T 50 float32 inference at B 1 2 4 8 16 32 64 128, the same three
+  timings: where the persistent loop stops beating the per-step path decides ``auto``'s batch
+  threshold (``kPersistentAutoMaxBatch`` in csrc/cuda/exec.cuh, read back through the plan);
+  ``doc["crossover"]`` sums it up.
+
+The variable is set in ``os.environ`` around each fusedrnn timing and validation (the native
+side reads it at every call) and restored after; every other row runs as the process has it.
+Both fusedrnn variants are validated as below before anything of the row is timed.
+
+Issue 11's configurations: bench/harness.py's (``grid``: lstm, gru, rnn_tanh x H 256 512 1024 x
+B 1 16 64 x T 50 100, I = H; ``stack``: 2-layer bidirectional LSTM H 512 B 32 T 100;
+``deepbench``: its LSTM inference shapes) plus ``deepbench_train``, DeepBench's training shapes
+that fit: LSTM H 512 1024 2048 x B 16 32 64 128, T 25, I = H, and GRU H 1536 B 32 T 187; and
+``f64``: two of them in float64 (every other row is float32). Modes ``forward`` (inference) and
+``fwd+bwd`` (a training step). Rows run in that order of priority (persistent, crossover,
+deepbench_train, f64, stack, grid, deepbench) until ``--budget-s`` is spent (counted from the
+start, the floor included); rows left are recorded as skipped.
 
 Validation, per configuration, before it is timed (bench/harness.py's helpers and tolerances):
 fusedrnn on the device against the float64 NumPy reference at T = 5 (outputs and every
@@ -34,10 +60,12 @@ calls; a host check every few calls stops a peer after ``--peer-budget`` seconds
 calls kept), after warm-up calls; the median is reported. FLOPs as the CPU harness: forward
 ``2*T*B*(I+H)*G*H`` per layer and direction (the GEMMs), a training step 3x that; TFLOP/s from
 the median. ``ratio`` = fusedrnn ms / cuDNN ms (< 1: fusedrnn faster); the plot shows
-cuDNN ms / fusedrnn ms per configuration (above 1: fusedrnn faster), float32 and float64 bars.
+cuDNN ms / fusedrnn ms per configuration (above 1: fusedrnn faster), float32 and float64 bars,
+and for the persistent and crossover rows one bar per fusedrnn variant (persistent, per-step).
 
     python bench/gpu_bench.py --quick --out gpu.json --png gpu.png   # a subset, ~1 minute
     python bench/gpu_bench.py --budget-s 240                          # everything that fits
+    python bench/gpu_bench.py --suites persistent crossover           # issue 12 only
 
 Writes JSON (``--out``, default bench/results/gpu-<host>-<date>.json) and a PNG (``--png``,
 default beside the JSON) with the device, driver/runtime, torch, CUDA and cuDNN versions.
@@ -46,6 +74,8 @@ default beside the JSON) with the device, driver/runtime, torch, CUDA and cuDNN 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import os
 import statistics
@@ -62,7 +92,17 @@ PEERS = ("fusedrnn", "cudnn")
 MIN_REPEATS = 3
 SYNC_EVERY = 5              # calls queued between two host checks of the peer budget
 F64_TOL = 1e-9              # float64 rows vs cuDNN float64
-SUITE_ORDER = ("deepbench_train", "f64", "stack", "grid", "deepbench")
+SUITE_ORDER = ("persistent", "crossover", "deepbench_train", "f64", "stack", "grid", "deepbench")
+PERSISTENT_SUITES = ("persistent", "crossover")  # rows timed persistent / per step / cuDNN
+P_PEERS = ("persistent", "step", "cudnn")
+PERSISTENT_ENV = "FUSEDRNN_PERSISTENT"
+ENV_OF_PEER = {"persistent": "1", "step": "0", "cudnn": None}  # None: left as it is
+PERSISTENT_TARGET = {"forward": 2.0, "fwd+bwd": 1.5}  # issue 12: cuDNN ms / fusedrnn ms
+P_CELLS, P_B, P_H, P_T = ("lstm", "gru"), (1, 4, 8), (256, 512, 1024), (50, 200)
+CROSSOVER_B = (1, 2, 4, 8, 16, 32, 64, 128)
+FLOOR_KINDS = ("grid_sync", "flag")
+FLOOR_H = (0, 1024, 4096)
+FLOOR_THREADS = 256
 
 np = torch = fusedrnn = F = None  # imported in main()
 
@@ -75,7 +115,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="a subset: DeepBench training LSTM H 512/1024/2048 at B 64 and the GRU "
+                   help="a subset: persistent lstm/gru H 256/1024 B 1/8 T 50, crossover B 1 8 "
+                        "32 128, DeepBench training LSTM H 512/1024/2048 at B 64 and the GRU "
                         "row, the f64 rows, the stack, grid lstm/gru H 256/1024 B 1/64 T 50")
     p.add_argument("--suites", nargs="+", choices=SUITE_ORDER,
                    help="default: all (in the order above)")
@@ -87,6 +128,11 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=600.0,
                    help="no new row starts after this many seconds (default 600); the rows "
                         "left are recorded as skipped")
+    p.add_argument("--no-floor", action="store_true", help="skip the barrier floor")
+    p.add_argument("--floor-steps", type=int, default=10000,
+                   help="steps of each barrier-floor launch (default 10000)")
+    p.add_argument("--floor-repeats", type=int, default=3,
+                   help="timed launches per barrier-floor configuration (default 3)")
     p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON path (default bench/results/gpu-<host>-<date>.json)")
@@ -103,6 +149,8 @@ def parse_args(argv=None):
     args.suites = args.suites or list(SUITE_ORDER)
     if args.repeats < 1 or args.warmup < 0 or args.peer_budget <= 0:
         p.error("--repeats must be >= 1, --warmup >= 0, --peer-budget > 0")
+    if args.floor_steps < 1 or args.floor_repeats < 1:
+        p.error("--floor-steps and --floor-repeats must be >= 1")
     return args
 
 
@@ -112,6 +160,28 @@ def parse_args(argv=None):
 
 DEEPBENCH_TRAIN_LSTM_H = (512, 1024, 2048)
 DEEPBENCH_TRAIN_LSTM_B = (16, 32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCase(hz.Case):
+    """A configuration of the persistent or crossover suite (hz.Case labels only its own)."""
+
+    def label(self):
+        pre = {"persistent": "P ", "crossover": "X "}.get(self.suite)
+        return super().label() if pre is None else f"{pre}H{self.H} B{self.B} T{self.T}"
+
+
+def persistent_configs(quick):
+    """The issue's target table, T = 50 first (a budget cut loses the long rows first)."""
+    cells, bs, hs, ts = (P_CELLS, (1, 8), (256, 1024), (50,)) if quick else (P_CELLS, P_B, P_H,
+                                                                           P_T)
+    return [(PCase("persistent", cell, H, B, T), "float32")
+            for T in ts for cell in cells for H in hs for B in bs]
+
+
+def crossover_configs(quick):
+    bs = (1, 8, 32, 128) if quick else CROSSOVER_B
+    return [(PCase("crossover", "lstm", 512, B, 50, modes=("forward",)), "float32") for B in bs]
 
 
 def configs(args):
@@ -125,7 +195,11 @@ def configs(args):
     harness_cases = hz.cases(grid_args)
     out = []
     for suite in args.suites:
-        if suite == "deepbench_train":
+        if suite == "persistent":
+            out += persistent_configs(quick)
+        elif suite == "crossover":
+            out += crossover_configs(quick)
+        elif suite == "deepbench_train":
             bs = (64,) if quick else DEEPBENCH_TRAIN_LSTM_B
             out += [(hz.Case("deepbench_train", "lstm", H, B, 25), "float32")
                     for H in DEEPBENCH_TRAIN_LSTM_H for B in bs]
@@ -313,6 +387,229 @@ def time_row(args, dd, mode):
 
 
 # ------------------------------------------------------------------------------------------
+# Issue 12: the barrier floor, FUSEDRNN_PERSISTENT, the persistent and crossover rows
+# ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def persistent_env(value):
+    """FUSEDRNN_PERSISTENT = value inside the block (None: as it is), restored after."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(PERSISTENT_ENV)
+    os.environ[PERSISTENT_ENV] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PERSISTENT_ENV, None)
+        else:
+            os.environ[PERSISTENT_ENV] = old
+
+
+def measure_floor(args, prop):
+    """doc["floor"]: microseconds per step of the empty persistent loop (csrc/cuda/floor.cu),
+    both barriers, without and with an h broadcast, on one block per multiprocessor."""
+    if args.cpu_dry_run:
+        return {"skipped": "--cpu-dry-run: no GPU"}
+    if args.no_floor:
+        return {"skipped": "--no-floor"}
+    fn = getattr(fusedrnn._C, "cuda_barrier_floor", None)
+    if fn is None:
+        return {"error": "this fusedrnn has no _C.cuda_barrier_floor (csrc/cuda/floor.cu)"}
+    out = {"blocks": prop.multi_processor_count, "threads": FLOOR_THREADS,
+           "steps": args.floor_steps, "repeats": args.floor_repeats, "unit": "us per step",
+           "what": "cooperative launch of one block per multiprocessor looping over steps: "
+                   "a grid barrier per step (grid_sync: cooperative_groups grid.sync(); flag: "
+                   "atomicAdd on a counter + volatile spin on an epoch, __threadfence, one "
+                   "thread per block); h_floats > 0: each block also reads the whole h vector "
+                   "(global -> shared) and writes its slice of the next step's buffer. CUDA "
+                   "events around one launch after a warm-up launch; median of the repeats",
+           "results": [], "us_per_step": {}}
+    print(f"\nbarrier floor: {out['blocks']} blocks x {FLOOR_THREADS} threads, "
+          f"{args.floor_steps} steps, median of {args.floor_repeats} launches (us/step)",
+          flush=True)
+    for kind in FLOOR_KINDS:
+        for h in FLOOR_H:
+            rec = {"kind": kind, "h_floats": h}
+            try:
+                us = [fn(kind, blocks=0, threads=FLOOR_THREADS, steps=args.floor_steps,
+                         h_floats=h, device=args.device) for _ in range(args.floor_repeats)]
+                rec.update(us_per_step=statistics.median(us), min_us=min(us), all_us=us)
+                out["us_per_step"].setdefault(kind, {})[str(h)] = rec["us_per_step"]
+                text = f"{rec['us_per_step']:.3f} (min {min(us):.3f})"
+            except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                rec["error"] = f"{type(e).__name__}: {e}"
+                text = "ERROR " + rec["error"]
+            out["results"].append(rec)
+            print(f"  {kind:9s} h_floats={h:<5d} {text}", flush=True)
+    return out
+
+
+def floor_lines(floor):
+    if not floor or "results" not in floor:
+        return [f"barrier floor: {floor}"]
+    lines = [f"barrier floor (us/step; {floor['blocks']} blocks x {floor['threads']} threads, "
+             f"{floor['steps']} steps):   " + "  ".join(f"h={h:<5d}" for h in FLOOR_H)]
+    for kind in FLOOR_KINDS:
+        v = floor["us_per_step"].get(kind, {})
+        lines.append(f"  {kind:9s}" + "".join(
+            f"  {v[str(h)]:7.3f}" if str(h) in v else "        -" for h in FLOOR_H))
+    return lines
+
+
+def persistent_plan(args, case, dtype):
+    """fusedrnn.cuda.persistent_plan under FUSEDRNN_PERSISTENT=1: {"forward", "backward"}."""
+    if args.cpu_dry_run:
+        return {"not_applicable": "--cpu-dry-run (CPU kernels; the variable has no effect)"}
+    try:
+        import fusedrnn.cuda as fcuda
+        with persistent_env("1"):
+            return fcuda.persistent_plan(case.cell, case.H, case.B, dtype=dtype,
+                                         device=args.device)
+    except Exception as e:  # noqa: BLE001 - recorded, not fatal
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def auto_max_batch(args):
+    """The largest batch FUSEDRNN_PERSISTENT=auto runs persistently (kPersistentAutoMaxBatch in
+    csrc/cuda/exec.cuh), read back through the plan: the smallest batch it refuses as "batch
+    above ...", minus 1 (the batch check precedes the fit). None where it cannot be read."""
+    if args.cpu_dry_run:
+        return None
+    try:
+        import fusedrnn.cuda as fcuda
+        refused = lambda B: fcuda.persistent_plan("rnn_tanh", 1, B, device=args.device)[
+            "forward"]["why"].startswith("batch above")
+        with persistent_env("auto"):
+            lo, hi = 1, 1 << 20
+            if refused(lo) or not refused(hi):
+                return None
+            while hi - lo > 1:  # refused(hi), not refused(lo)
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if refused(mid) else (mid, hi)
+            return lo
+    except Exception:  # noqa: BLE001 - an older build, or no plan: unknown
+        return None
+
+
+def plan_used(plan, mode):
+    """Whether the persistent loop runs in a row of this mode (None: unknown)."""
+    if "forward" not in plan:
+        return None
+    dirs = ("forward",) if mode == "forward" else ("forward", "backward")
+    return all(plan[d]["persistent"] for d in dirs)
+
+
+def plan_text(plan, mode):
+    if "forward" not in plan:
+        return "-"
+    dirs = ("forward",) if mode == "forward" else ("forward", "backward")
+    return "/".join("P" if plan[d]["persistent"] else "s" for d in dirs)
+
+
+def time_persistent_row(args, dd, mode):
+    """The three peers, each in one block: fusedrnn under FUSEDRNN_PERSISTENT=1 and =0, cuDNN."""
+    runners = {"persistent": hz.np_runner(F, dd, mode), "step": hz.np_runner(F, dd, mode),
+               "cudnn": cudnn_runner(dd, mode)}
+    times, walls = {}, {}
+    for peer in P_PEERS:
+        with persistent_env(ENV_OF_PEER[peer]):
+            times[peer], walls[peer] = time_cuda(runners[peer], args.repeats, args.warmup,
+                                                 args.peer_budget, not args.cpu_dry_run)
+    return times, walls
+
+
+def summarize_persistent(row, times, walls, args):
+    peer_stats(row, times, walls, args)
+    p, s, c = (row["peers"][k]["median_ms"] for k in P_PEERS)
+    row["ratio_cudnn_over_persistent"] = c / p   # > 1: the persistent loop beats cuDNN
+    row["ratio_cudnn_over_step"] = c / s
+    row["ratio_step_over_persistent"] = s / p
+    row["ratio"] = p / c                         # as the other rows: fusedrnn ms / cuDNN ms
+    row["speedup_vs_torch"] = c / p
+    if row["suite"] == "persistent":
+        t = row["target"] = PERSISTENT_TARGET[row["mode"]]
+        row["target_met"] = c / p >= t
+        row["target_met_step"] = c / s >= t
+    return row
+
+
+def run_persistent_config(args, case, dtype, seed, prop):
+    """Both fusedrnn variants validated (each as run_config validates), then each mode timed
+    three ways."""
+    device = "cpu" if args.cpu_dry_run else f"cuda:{args.device}"
+    rows = [base_row(case, dtype, mode) for mode in case.modes]
+    plan = persistent_plan(args, case, dtype)
+    recs = {}
+    for variant in ("persistent", "step"):
+        with persistent_env(ENV_OF_PEER[variant]):
+            recs[variant], dd = validate(case, dtype, seed, device)
+    ok = all(r["ok"] for r in recs.values())
+    algo = cudnn_facts(case, dtype, dd.x, prop)
+    for row in rows:
+        row["validation"] = recs
+        row["cudnn_algo"] = algo
+        row["persistent_plan"] = plan
+        row["persistent_used"] = plan_used(plan, row["mode"])
+        if row["persistent_used"] is False:
+            why = "; ".join(f"{d}: {plan[d]['why']}" for d in ("forward", "backward")
+                            if not plan[d]["persistent"])
+            row["note"] = f"no persistent loop ({why}): both fusedrnn timings run per step"
+    worst = lambda k: max(r[k]["max_rel_err"] for r in recs.values())
+    line = (f"  validate {case.suite:10s} {case.cell:5s} H={case.H:<4d} B={case.B:<3d} "
+            f"T={case.T:<3d} {dtype} (persistent and per-step): ref f64 "
+            f"{worst('reference_f64'):.1e} | vs cuDNN {worst('cudnn'):.1e} | plan "
+            f"{plan_text(plan, case.modes[-1])}")
+    if not ok:
+        failed = {v: r["reference_f64"]["failed"] + r["cudnn"]["failed"]
+                  for v, r in recs.items() if not r["ok"]}
+        print(line + f"  FAILED: {failed}", flush=True)
+        for row in rows:
+            row["note"] = "validation failed: not timed"
+        return rows
+    print(line, flush=True)
+    for row in rows:
+        summarize_persistent(row, *time_persistent_row(args, dd, row["mode"]), args)
+    return rows
+
+
+def crossover_summary(rows, args):
+    """doc["crossover"]: per batch the three timings; the largest batch up to which the
+    persistent loop (planned, and faster than the per-step path) wins at every batch."""
+    xs = sorted((r for r in rows if r["suite"] == "crossover" and "peers" in r),
+                key=lambda r: r["B"])
+    out = {"cell": "lstm", "H": 512, "T": 50, "dtype": "float32", "mode": "forward",
+           "auto_max_batch_now": auto_max_batch(args), "by_batch": []}
+    wins_up_to, broken = None, False
+    for r in xs:
+        p, s, c = (r["peers"][k]["median_ms"] for k in P_PEERS)
+        used = r.get("persistent_used")
+        win = bool(used) and p < s
+        out["by_batch"].append({"B": r["B"], "persistent_ms": p, "step_ms": s, "cudnn_ms": c,
+                                "persistent_used": used, "persistent_faster": win})
+        if win and not broken:
+            wins_up_to = r["B"]
+        broken = broken or not win
+    out["persistent_wins_up_to_batch"] = wins_up_to
+    out["measured_batches"] = [r["B"] for r in xs]
+    return out
+
+
+def crossover_lines(x):
+    if not x or not x.get("by_batch"):
+        return []
+    lines = [f"crossover (lstm H512 T50 float32 inference; ms): auto threshold now "
+             f"{x['auto_max_batch_now']}, persistent wins up to B = "
+             f"{x['persistent_wins_up_to_batch']}"]
+    for b in x["by_batch"]:
+        lines.append(f"  B={b['B']:<4d} persistent {b['persistent_ms']:8.3f}  step "
+                     f"{b['step_ms']:8.3f}  cuDNN {b['cudnn_ms']:8.3f}"
+                     + ("" if b["persistent_used"] is not False else "  (not planned)"))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------
 # Rows and table
 # ------------------------------------------------------------------------------------------
 
@@ -323,7 +620,9 @@ def base_row(case, dtype, mode):
             "gflop": case.flops(mode) / 1e9}
 
 
-def summarize(row, times, walls, args):
+def peer_stats(row, times, walls, args):
+    """row["peers"]: each peer's timing statistics (and a warning where the events missed
+    work)."""
     flops = row["gflop"] * 1e9
     row["peers"] = {}
     for peer, t in times.items():
@@ -338,6 +637,11 @@ def summarize(row, times, walls, args):
             row.setdefault("warnings", []).append(
                 f"{peer}: CUDA events cover {sum(t):.1f} ms of {walls[peer]:.1f} ms of host "
                 "time (launch-bound, or work on another stream)")
+    return row
+
+
+def summarize(row, times, walls, args):
+    peer_stats(row, times, walls, args)
     f, c = row["peers"]["fusedrnn"]["median_ms"], row["peers"]["cudnn"]["median_ms"]
     row["fusedrnn_tflops"] = row["peers"]["fusedrnn"]["tflops"]
     row["cudnn_tflops"] = row["peers"]["cudnn"]["tflops"]
@@ -387,12 +691,41 @@ def _algos(row):
                                        if row["mode"] == "fwd+bwd" else "")
 
 
-def table_header():
-    return hz.table_header(TABLE)
+def _pms(row, peer):
+    return _ms(row, peer) if peer in row.get("peers", {}) else "-"
+
+
+def _target(row):
+    if "target" not in row:
+        return "-"
+    return f"{row['target']:.1f}x " + ("met" if row["target_met"] else "MISS")
+
+
+P_TABLE = [  # the persistent and crossover rows
+    ("suite", 10, lambda r: r["suite"]),
+    ("cell", 5, lambda r: r["cell"]),
+    ("mode", 7, lambda r: r["mode"]),
+    ("H", 4, lambda r: r["H"]),
+    ("B", 3, lambda r: r["B"]),
+    ("T", 3, lambda r: r["T"]),
+    ("pers ms", 9, lambda r: _pms(r, "persistent")),
+    ("step ms", 9, lambda r: _pms(r, "step")),
+    ("cuDNN ms", 9, lambda r: _pms(r, "cudnn")),
+    ("c/pers", 6, lambda r: _num(r.get("ratio_cudnn_over_persistent"), ".2f")),
+    ("c/step", 6, lambda r: _num(r.get("ratio_cudnn_over_step"), ".2f")),
+    ("target", 9, _target),
+    ("plan", 4, lambda r: plan_text(r.get("persistent_plan") or {}, r["mode"])),
+    ("algo f/b", 9, lambda r: _algos(r)),
+    ("note", 0, lambda r: r.get("note", "")),
+]
+
+
+def table_header(persistent=False):
+    return hz.table_header(P_TABLE if persistent else TABLE)
 
 
 def table_row(row):
-    return hz.table_row(row, TABLE)
+    return hz.table_row(row, P_TABLE if row["suite"] in PERSISTENT_SUITES else TABLE)
 
 
 # ------------------------------------------------------------------------------------------
@@ -433,6 +766,7 @@ def environment(args, fp32_before, fp32_after, device):
     matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
     env["cuda_matmul_fp32_precision"] = matmul
     env["NVIDIA_TF32_OVERRIDE"] = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    env[PERSISTENT_ENV] = os.environ.get(PERSISTENT_ENV)  # as the non-issue-12 rows run
     env["timing"] = (f"CUDA events on torch's current stream, median of up to {args.repeats} "
                      f"calls after {args.warmup} warm-up calls, at least {MIN_REPEATS} past "
                      f"{args.peer_budget:g} s per peer and row")
@@ -470,10 +804,26 @@ def default_out_path():
     return mb.default_out_path().replace(os.sep + "microbench-", os.sep + "gpu-")
 
 
+def plot_doc(doc):
+    """The document plot_results draws: series = dtype, and for the persistent and crossover
+    rows one bar per fusedrnn variant (cuDNN ms / persistent ms, cuDNN ms / per-step ms)."""
+    rows = []
+    for r in doc["rows"]:
+        if r["suite"] in PERSISTENT_SUITES:
+            if "peers" in r:
+                for variant, key in (("persistent", "ratio_cudnn_over_persistent"),
+                                     ("per-step", "ratio_cudnn_over_step")):
+                    rows.append(dict(r, series=f"{r['dtype']} {variant}",
+                                     speedup_vs_torch=r[key]))
+        else:
+            rows.append(dict(r, series=r["dtype"]))
+    return dict(doc, rows=rows, plot=dict(doc["plot"], series="series"))
+
+
 def write_plot(doc, png):
     try:
         import plot_results
-        plot_results.plot(doc, png)
+        plot_results.plot(plot_doc(doc), png)
         return png
     except Exception as e:  # noqa: BLE001 - no matplotlib, or nothing to plot
         print(f"no plot ({type(e).__name__}: {e})", file=sys.stderr)
@@ -538,15 +888,20 @@ def main(argv=None):
     png = None if args.no_plot else (args.png or os.path.splitext(out)[0] + ".png")
     dev = env["device"]["name"]
     doc = {"benchmark": "gpu_bench", "started": started.isoformat(timespec="seconds"),
-           "args": vars(args), "environment": env, "rows": [],
+           "args": vars(args), "environment": env, "floor": None, "rows": [],
            "plot": {"series": "dtype", "ylabel": "cuDNN ms / fusedrnn ms",
                     "title": f"fusedrnn CUDA speed-up over cuDNN (torch.nn) -- {dev}, cuDNN "
                              f"{env['cudnn_version']}, fp32 "
                              f"{env['cudnn_rnn_fp32_precision']['value']}, started "
                              f"{doc_started(started)}"}}
+    doc["floor"] = measure_floor(args, prop)
+    mb.write_json(out, doc)
     print(f"\n{len(all_configs)} configurations, budget {args.budget_s:g} s; "
           "f/cuDNN = fusedrnn ms / cuDNN ms (< 1: fusedrnn faster); * = repeats cut by "
-          "--peer-budget; algo: the cuDNN algorithm torch picks (forward/backward)\n", flush=True)
+          "--peer-budget; algo: the cuDNN algorithm torch picks (forward/backward); "
+          "persistent/crossover rows: c/pers, c/step = cuDNN ms / fusedrnn ms with "
+          f"{PERSISTENT_ENV}=1 / =0 (> 1: fusedrnn faster), target = issue 12's for c/pers, "
+          "plan = persistent (P) or per-step (s) loop, forward/backward\n", flush=True)
     rows, failed, errors, skipped = [], 0, 0, 0
     for i, (case, dtype) in enumerate(all_configs):
         if time.perf_counter() - t0 > args.budget_s:
@@ -557,7 +912,8 @@ def main(argv=None):
             skipped += 1
             continue
         try:
-            new = run_config(args, case, dtype, args.seed + i, prop)
+            run = run_persistent_config if case.suite in PERSISTENT_SUITES else run_config
+            new = run(args, case, dtype, args.seed + i, prop)
         except Exception as e:  # noqa: BLE001 - record the row and go on
             tb = traceback.format_exc(limit=6)
             print(f"  ERROR {case.label()} {dtype}: {type(e).__name__}: {e}", flush=True)
@@ -575,19 +931,37 @@ def main(argv=None):
         # which GEMM the rows ran on: cuBLAS (loaded at the first device GEMM) or the own kernel
         env.setdefault("fusedrnn_cuda", {})["cublas"] = cublas_status()
         mb.write_json(out, doc)  # after every configuration: a killed run keeps its rows
-    print("\n" + table_header())
-    for r in rows:
-        print(table_row(r))
+    if any(c.suite == "crossover" for c, _ in all_configs):
+        doc["crossover"] = crossover_summary(rows, args)
+    # issue 12's rows first, then the floor and the crossover, then the others: the check
+    # script's summary shows the output from the first table header on
+    p_rows = [r for r in rows if r["suite"] in PERSISTENT_SUITES]
+    o_rows = [r for r in rows if r["suite"] not in PERSISTENT_SUITES]
+    if p_rows:
+        print("\n" + table_header(persistent=True))
+        for r in p_rows:
+            print(table_row(r))
+    print("\n" + "\n".join(floor_lines(doc["floor"]) + crossover_lines(doc.get("crossover"))))
+    if o_rows:
+        print("\n" + table_header())
+        for r in o_rows:
+            print(table_row(r))
     doc["wall_s"] = time.perf_counter() - t0
+    targets = [r["target_met"] for r in p_rows if "target_met" in r]
+    floor_errors = sum("error" in r for r in (doc["floor"] or {}).get("results", []))
+    floor_errors += "error" in (doc["floor"] or {})
     doc["summary"] = {"configs": len(all_configs), "validation_failed": failed,
-                      "errors": errors, "skipped_for_budget": skipped,
-                      "timed_rows": sum("peers" in r for r in rows)}
+                      "errors": errors, "floor_errors": floor_errors,
+                      "skipped_for_budget": skipped,
+                      "timed_rows": sum("peers" in r for r in rows),
+                      "persistent_targets_met": sum(targets),
+                      "persistent_targets_missed": len(targets) - sum(targets)}
     mb.write_json(out, doc)
     if png:
         png = write_plot(doc, png)
     print(f"\n{doc['summary']}; wall {doc['wall_s']:.1f} s; results: {out}"
           + (f"; plot: {png}" if png else ""), flush=True)
-    return 1 if failed or errors else 0
+    return 1 if failed or errors or floor_errors else 0
 
 
 def doc_started(started):

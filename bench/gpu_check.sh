@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one prepared device check of issue 11 (CUDA backend), for a fresh GPU machine: builds the
-# package with CUDA, runs tests/cuda, compute-sanitizer on a small case and the GPU benchmark,
-# and writes logs, JSON and a PNG to $OUT (else ./gpu-check-out). Run from anywhere:
+# The one prepared device check of issues 11 (CUDA backend) and 12 (persistent kernels), for a
+# fresh GPU machine: builds the package with CUDA, runs tests/cuda on both time loops,
+# compute-sanitizer on a small case and the GPU benchmark (the barrier floor and the persistent
+# rows first), and writes logs, JSON and a PNG to $OUT (else ./gpu-check-out). Run from anywhere:
 #
 #     bash bench/gpu_check.sh
 #
@@ -29,16 +30,25 @@
 #              its backend-parametrised tests that tests/cuda does not run (tests_native.log)
 #   owngemm    tests/cuda's sweep and stacks with FUSEDRNN_CUBLAS=0 (fusedrnn's own GEMM
 #              kernel; the other stages use cuBLAS where torch's wheel brings it) (tests_native.log)
+#   persistent tests/cuda again with FUSEDRNN_PERSISTENT=1: every layer that fits runs the
+#              persistent time loop (issue 12; the other stages run the per-step path, except
+#              tests/cuda/test_cuda_persistent.py, which sets the variable itself), -x
+#                                                                          (tests_native.log)
 #   memcheck   compute-sanitizer --tool memcheck  tests/cuda/sanitizer_case.py (sanitizer.log),
 #              and memcheck_own: the same with FUSEDRNN_CUBLAS=0
 #   racecheck  compute-sanitizer --tool racecheck tests/cuda/sanitizer_case.py (sanitizer.log)
-#   synccheck, initcheck: the same, advisory (reported, never fail the run)
+#   racecheck_p, synccheck_p: racecheck and synccheck with FUSEDRNN_PERSISTENT=1 (the
+#              persistent kernels' shared memory and barriers; required)        (sanitizer.log)
+#   synccheck, initcheck: the same on the per-step path, advisory (reported, never fail the run)
 #   -- then alone --
-#   bench      bench/gpu_bench.py with the time left            (bench.log, gpu_bench.json/.png)
+#   bench      bench/gpu_bench.py with the time left: the barrier floor, the persistent and
+#              crossover rows, then issue 11's rows   (bench.log, gpu_bench.json/.png)
 #
 # The run goes on past a failing stage (stages that need the build are skipped without it),
 # prints a summary last (also $OUT/summary.txt) and exits 1 if any required stage failed or
-# timed out. $OUT gets at most 8 files. Nothing here changes the GPU's settings.
+# timed out. $OUT gets at most 8 files. Nothing here changes the GPU's settings. A stage's limit
+# is cut to the time left (less a 30 s reserve for the summary), so the whole stays within
+# GPU_CHECK_TOTAL_S plus that reserve even when the build is slow.
 #
 # Environment: PYTHON (default python3), GPU_CHECK_TOTAL_S (470), GPU_CHECK_ARCH (90: the
 # H200's sm_90; the package's default is "80;90"), GPU_CHECK_JOBS (16), GPU_CHECK_BENCH_ARGS
@@ -68,12 +78,18 @@ FAILED=0
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((TOTAL - (SECONDS - START))); }
+# lim SECONDS: a stage's limit, cut to the time left less 30 s (at least 30 s)
+lim() {
+  local l=$(($(left) - 30))
+  ((l < 30)) && l=30
+  ((l < $1)) && echo "$l" || echo "$1"
+}
 
 # the file in $OUTDIR that holds a stage's log (side-by-side stages log to $WORK first)
 shown_log() {
   case $1 in
-    native|owngemm) echo tests_native.log ;;
-    memcheck|memcheck_own|racecheck|synccheck|initcheck) echo sanitizer.log ;;
+    native|owngemm|persistent) echo tests_native.log ;;
+    memcheck|memcheck_own|racecheck|synccheck|initcheck|racecheck_p|synccheck_p) echo sanitizer.log ;;
     *) basename "$2" ;;
   esac
 }
@@ -137,7 +153,7 @@ collect() {
 skip_stage() { record "$1" skip 0 0 "$2"; }
 
 # ------------------------------------------------------------------------------------------
-say "fusedrnn GPU check (issue 11): $(date -Is), repository $ROOT, out $OUTDIR"
+say "fusedrnn GPU check (issues 11, 12): $(date -Is), repository $ROOT, out $OUTDIR"
 say "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l | tr -d ' ') changed files"
 {
   echo "--- nvidia-smi"
@@ -180,12 +196,12 @@ else
   "$PY" -c "import scipy_openblas32" >>"$BUILD_LOG" 2>&1
   record wheels $? 0 0 "$BUILD_LOG"
 fi
-if stage build 260 "$BUILD_LOG" env FUSEDRNN_CUDA=ON "$PY" -m pip install -v \
+if stage build "$(lim 260)" "$BUILD_LOG" env FUSEDRNN_CUDA=ON "$PY" -m pip install -v \
     --no-build-isolation --no-deps --no-index --no-cache-dir --target "$SITE" \
     -C cmake.define.FUSEDRNN_CUDA=ON -C "cmake.define.FUSEDRNN_CUDA_ARCHITECTURES=$ARCH" \
     "$ROOT"; then
   # from $WORK: the installed package, never a source tree's
-  stage import 60 "$BUILD_LOG" env -C "$WORK" "$PY" -c '
+  stage import "$(lim 60)" "$BUILD_LOG" env -C "$WORK" "$PY" -c '
 import fusedrnn
 print("fusedrnn from", fusedrnn.__file__)
 fusedrnn.show_config()
@@ -216,26 +232,40 @@ if [[ $BUILT == 1 ]]; then
   "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 120 --timeout-method thread)
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-  background tests 180 "$OUTDIR/tests_cuda.log" "${PYTEST[@]}" ${XDIST[@]+"${XDIST[@]}"} tests/cuda
-  background native 150 "$WORK/native.log" env FUSEDRNN_TEST_BACKENDS=cuda "${PYTEST[@]}" \
+  background tests "$(lim 180)" "$OUTDIR/tests_cuda.log" "${PYTEST[@]}" ${XDIST[@]+"${XDIST[@]}"} \
+    tests/cuda
+  background native "$(lim 150)" "$WORK/native.log" env FUSEDRNN_TEST_BACKENDS=cuda "${PYTEST[@]}" \
     tests/test_native.py -k "inference or repeatable or none_output or thread_counts or release"
+  # the persistent time loops wherever they fit (issue 12)
+  background persistent "$(lim 180)" "$WORK/persistent.log" env FUSEDRNN_PERSISTENT=1 \
+    "${PYTEST[@]}" ${XDIST[@]+"${XDIST[@]}"} -x tests/cuda
   SAN=(compute-sanitizer --error-exitcode 99 --print-limit 40)
   CASE=("$PY" tests/cuda/sanitizer_case.py)
   # fusedrnn's own GEMM kernel (FUSEDRNN_CUBLAS=0) where the runs above use cuBLAS
-  background owngemm 150 "$WORK/owngemm.log" env FUSEDRNN_CUBLAS=0 "${PYTEST[@]}" \
+  background owngemm "$(lim 150)" "$WORK/owngemm.log" env FUSEDRNN_CUBLAS=0 "${PYTEST[@]}" \
     tests/cuda/test_cuda_native.py tests/cuda/test_cuda_stack.py -x
-  background memcheck 150 "$WORK/memcheck.log" "${SAN[@]}" --tool memcheck "${CASE[@]}"
-  background memcheck_own 150 "$WORK/memcheck_own.log" env FUSEDRNN_CUBLAS=0 "${SAN[@]}" \
+  background memcheck "$(lim 150)" "$WORK/memcheck.log" "${SAN[@]}" --tool memcheck "${CASE[@]}"
+  background memcheck_own "$(lim 150)" "$WORK/memcheck_own.log" env FUSEDRNN_CUBLAS=0 "${SAN[@]}" \
     --tool memcheck "${CASE[@]}"
-  background racecheck 150 "$WORK/racecheck.log" "${SAN[@]}" --tool racecheck "${CASE[@]}"
-  background synccheck 150 "$WORK/synccheck.log" "${SAN[@]}" --tool synccheck "${CASE[@]}"
-  background initcheck 150 "$WORK/initcheck.log" "${SAN[@]}" --tool initcheck "${CASE[@]}"
+  background racecheck "$(lim 150)" "$WORK/racecheck.log" "${SAN[@]}" --tool racecheck "${CASE[@]}"
+  background synccheck "$(lim 150)" "$WORK/synccheck.log" "${SAN[@]}" --tool synccheck "${CASE[@]}"
+  background initcheck "$(lim 150)" "$WORK/initcheck.log" "${SAN[@]}" --tool initcheck "${CASE[@]}"
+  # the persistent kernels (cooperative launches, shared-memory W_hh slices, grid barriers):
+  # their racecheck and synccheck are required
+  background racecheck_p "$(lim 150)" "$WORK/racecheck_p.log" env FUSEDRNN_PERSISTENT=1 \
+    "${SAN[@]}" --tool racecheck "${CASE[@]}"
+  background synccheck_p "$(lim 150)" "$WORK/synccheck_p.log" env FUSEDRNN_PERSISTENT=1 \
+    "${SAN[@]}" --tool synccheck "${CASE[@]}"
   collect
-  cat "$WORK/native.log" "$WORK/owngemm.log" >"$OUTDIR/tests_native.log"
-  for t in memcheck memcheck_own racecheck synccheck initcheck; do cat "$WORK/$t.log"; echo; done \
-    >"$OUTDIR/sanitizer.log"
+  cat "$WORK/native.log" "$WORK/owngemm.log" "$WORK/persistent.log" >"$OUTDIR/tests_native.log"
+  for t in memcheck memcheck_own racecheck synccheck initcheck racecheck_p synccheck_p; do
+    cat "$WORK/$t.log"; echo
+  done >"$OUTDIR/sanitizer.log"
 else
-  for s in tests native owngemm memcheck memcheck_own racecheck; do skip_stage "$s" "$BUILD_LOG"; done
+  for s in tests native persistent owngemm memcheck memcheck_own racecheck synccheck initcheck \
+      racecheck_p synccheck_p; do
+    skip_stage "$s" "$BUILD_LOG"
+  done
 fi
 
 # ------------------------------------------------------------------------------------------
@@ -262,17 +292,18 @@ fi
 {
   echo
   echo "================ fusedrnn GPU check summary ($((SECONDS - START)) s of ${TOTAL} s)"
-  printf '%-10s %-16s %7s %7s  %s\n' stage status seconds limit log
+  printf '%-12s %-16s %7s %7s  %s\n' stage status seconds limit log
   for entry in "${STAGES[@]}"; do
-    IFS='|' read -r n st dt lim lg <<<"$entry"
-    printf '%-10s %-16s %7s %7s  %s\n' "$n" "$st" "$dt" "$lim" "$lg"
+    IFS='|' read -r n st dt lm lg <<<"$entry"
+    printf '%-12s %-16s %7s %7s  %s\n' "$n" "$st" "$dt" "$lm" "$lg"
   done
   echo "--- results"
-  for f in "$OUTDIR/tests_cuda.log" "$OUTDIR/tests_native.log"; do
-    [[ -f $f ]] && echo "$(basename "$f"): $(grep -E '(passed|failed|error|skipped|no tests ran)' "$f" | tail -1)"
+  [[ -f $OUTDIR/tests_cuda.log ]] && echo "tests_cuda.log: $(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUTDIR/tests_cuda.log" | tail -1)"
+  for t in native owngemm persistent; do  # the three parts of tests_native.log
+    [[ -f $WORK/$t.log ]] && echo "tests_native.log ($t): $(grep -E '(passed|failed|error|skipped|no tests ran)' "$WORK/$t.log" | tail -1)"
   done
   if [[ -f $OUTDIR/sanitizer.log ]]; then
-    grep -E '^=== (memcheck|memcheck_own|racecheck|synccheck|initcheck): exit|ERROR SUMMARY|RACECHECK SUMMARY|sanitizer_case \(' \
+    grep -E '^=== (memcheck|memcheck_own|racecheck|synccheck|initcheck|racecheck_p|synccheck_p): exit|ERROR SUMMARY|RACECHECK SUMMARY|sanitizer_case \(' \
       "$OUTDIR/sanitizer.log"
   fi
   if [[ -f $OUTDIR/bench.log ]]; then

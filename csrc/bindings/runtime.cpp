@@ -16,6 +16,7 @@
 #include "fusedrnn/check.h"
 #if FUSEDRNN_WITH_CUDA
 #include "fusedrnn/cuda.h"
+#include "fusedrnn/cuda_floor.h"
 #endif
 
 namespace fusedrnn {
@@ -116,6 +117,27 @@ std::string cuda_cublas_status() {
 #endif
 }
 
+// The persistent kernels' floor (fusedrnn/cuda_floor.h): microseconds per step of an empty
+// persistent loop with barrier `kind` ("grid_sync" or "flag"), optionally exchanging h_floats
+// floats per step. blocks 0: one per multiprocessor.
+double cuda_barrier_floor(const std::string& kind, int blocks, int threads, int steps,
+                          int h_floats, int device) {
+  FUSEDRNN_CHECK(kind == "grid_sync" || kind == "flag",
+                 "cuda_barrier_floor: kind must be 'grid_sync' or 'flag', got '", kind, "'");
+#if FUSEDRNN_WITH_CUDA
+  const int k = kind == "grid_sync" ? cuda::kFloorGridSync : cuda::kFloorFlag;
+  py::gil_scoped_release nogil;
+  return cuda::barrier_floor_us(k, blocks, threads, steps, h_floats, device);
+#else
+  (void)blocks;
+  (void)threads;
+  (void)steps;
+  (void)h_floats;
+  (void)device;
+  throw std::runtime_error("cuda_barrier_floor: this fusedrnn was built without CUDA");
+#endif
+}
+
 py::dict config() {
   py::dict d;
   d["version"] = FUSEDRNN_VERSION;
@@ -162,6 +184,14 @@ void register_runtime(py::module_& m) {
         "Paths of libcublas.so.13 to try, in order, before the dynamic linker's search.");
   m.def("cuda_cublas_status", &cuda_cublas_status,
         "Which cuBLAS the CUDA backend's GEMMs use, or why they run its own kernel.");
+  m.def("cuda_barrier_floor", &cuda_barrier_floor, py::arg("kind"), py::arg("blocks") = 0,
+        py::arg("threads") = 256, py::arg("steps") = 10000, py::arg("h_floats") = 0,
+        py::arg("device") = 0,
+        "Microseconds per step of an empty persistent loop (cooperative launch, blocks x "
+        "threads; blocks 0: one per multiprocessor) meeting at barrier `kind` ('grid_sync': "
+        "cooperative_groups grid.sync(); 'flag': an own counter/epoch barrier) once per step, "
+        "exchanging an h vector of h_floats floats through global memory when > 0 (issue 12's "
+        "floor). CUDA events around one launch after a warm-up launch, on a private stream.");
   m.attr("WITH_CUDA") = bool(FUSEDRNN_WITH_CUDA);
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
