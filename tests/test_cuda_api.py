@@ -159,3 +159,9 @@ def test_persistent_plan_without_a_gpu_raises_clearly():
         fusedrnn.cuda.persistent_plan("lstm", 256, 4, dtype="float16")
     with pytest.raises(ValueError, match=r"mode must be one of"):
         fusedrnn.cuda.persistent_plan("lstmx", 256, 4)
+
+
+def test_persistent_counts_start_at_zero_without_a_gpu():
+    if fusedrnn.cuda.is_available():
+        pytest.skip("a GPU may have run persistent loops in this process")
+    assert fusedrnn.cuda.persistent_counts() == {"launched": 0, "declined": 0}

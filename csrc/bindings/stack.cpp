@@ -650,6 +650,21 @@ void register_stack(py::module_& m) {
         py::arg("device") = 0,
         "The time loop a layer would run on CUDA device `device` now: {'persistent', "
         "'blocks', 'threads', 'shared_bytes', 'why'}.");
+  m.def(
+      "cuda_persistent_counts",
+      []() {
+        py::dict d;
+#if FUSEDRNN_WITH_CUDA
+        const cuda::PersistentCounts c = cuda::persistent_counts();
+        d["launched"] = c.launched;
+        d["declined"] = c.declined;
+#else
+        d["launched"] = 0;
+        d["declined"] = 0;
+#endif
+        return d;
+      },
+      "Persistent time loops launched, and declined at launch (not co-resident), so far.");
   m.def("state_layout", &py_state_layout, py::arg("kind"), py::arg("steps"), py::arg("batch"),
         py::arg("input"), py::arg("hidden"), py::arg("proj"), py::arg("num_layers"),
         py::arg("bidirectional"), py::arg("batch_first"), py::arg("dropout"),

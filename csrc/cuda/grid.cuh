@@ -63,6 +63,9 @@ __global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program progra
 
 // program on plan.blocks blocks, cooperatively; false (nothing launched) when the device cannot
 // hold that many blocks at once with this shared memory.
+// Counts for fusedrnn/cuda.h's persistent_counts (runtime.cu).
+void count_persistent_launch(bool launched);
+
 template <class Program>
 bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
                  cudaStream_t stream, unsigned* barrier_words, const Program& program) {
@@ -76,7 +79,10 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
         "cudaDeviceGetAttribute (multiprocessors)");
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  if (per_sm * sms < blocks) return false;  // not co-resident: the step loop runs instead
+  if (per_sm * sms < blocks) {  // not co-resident: the step loop runs instead
+    count_persistent_launch(false);
+    return false;
+  }
   check(cudaMemsetAsync(barrier_words, 0, 2 * sizeof(unsigned), stream),
         "cudaMemsetAsync (grid barrier)");
   Program copy = program;
@@ -85,6 +91,7 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
   check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
                                     dim3(unsigned(threads)), args, shared_bytes, stream),
         name);
+  count_persistent_launch(true);
   return true;
 }
 

@@ -1,12 +1,14 @@
 // fusedrnn/cuda.h's runtime queries and copies, and the error type every CUDA call reports.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "cuda/exec.cuh"
+#include "cuda/grid.cuh"
 #include "fusedrnn/cuda.h"
 
 namespace fusedrnn {
@@ -64,6 +66,18 @@ PersistentSetting persistent_setting(int device) {
   s.multiprocessors = sms;
   s.shared_optin = size_t(optin);
   return s;
+}
+
+namespace {
+std::atomic<long long> g_persistent_launched{0}, g_persistent_declined{0};
+}
+
+void count_persistent_launch(bool launched) {
+  (launched ? g_persistent_launched : g_persistent_declined).fetch_add(1);
+}
+
+PersistentCounts persistent_counts() {
+  return PersistentCounts{g_persistent_launched.load(), g_persistent_declined.load()};
 }
 
 int device_count() {

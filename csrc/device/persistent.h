@@ -111,10 +111,28 @@ inline PersistentPlan plan_persistent(PersistentMode mode, bool cell_has_loop, i
   return plan;
 }
 
+// A load of what other blocks wrote before the last grid barrier (h, dstep): on a GPU it
+// bypasses the SM's L1 (ld.global.cg), so no line cached before the barrier can be read.
+template <class T>
+FUSEDRNN_HOST_DEVICE T exchange_load(const T* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldcg(p);
+#else
+  return *p;
+#endif
+}
+
 // out[b] = sum_{k in [k0, k1)} w[k] v[b * ld + k] for b < B: each w[k] read once per four
 // batch rows, their sums in four scalars (an array indexed by a runtime bound would live in
 // local memory, which the resource gate refuses).
-template <class T>
+// kExchange: v is exchange memory (exchange_load), else shared memory.
+template <bool kExchange, class T>
+FUSEDRNN_HOST_DEVICE T load_v(const T* p) {
+  if constexpr (kExchange) return exchange_load(p);
+  else return *p;
+}
+
+template <bool kExchange, class T>
 FUSEDRNN_HOST_DEVICE void dot_rows(const T* w, const T* v, int64_t ld, int64_t k0, int64_t k1,
                                    int64_t B, T* out) {
   int64_t b = 0;
@@ -123,10 +141,10 @@ FUSEDRNN_HOST_DEVICE void dot_rows(const T* w, const T* v, int64_t ld, int64_t k
     T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
     for (int64_t k = k0; k < k1; ++k) {
       const T wk = w[k];
-      a0 += wk * v0[k];
-      a1 += wk * v0[ld + k];
-      a2 += wk * v0[2 * ld + k];
-      a3 += wk * v0[3 * ld + k];
+      a0 += wk * load_v<kExchange>(v0 + k);
+      a1 += wk * load_v<kExchange>(v0 + ld + k);
+      a2 += wk * load_v<kExchange>(v0 + 2 * ld + k);
+      a3 += wk * load_v<kExchange>(v0 + 3 * ld + k);
     }
     out[b] = a0;
     out[b + 1] = a1;
@@ -136,7 +154,7 @@ FUSEDRNN_HOST_DEVICE void dot_rows(const T* w, const T* v, int64_t ld, int64_t k
   for (; b < B; ++b) {
     const T* vb = v + b * ld;
     T a = T(0);
-    for (int64_t k = k0; k < k1; ++k) a += w[k] * vb[k];
+    for (int64_t k = k0; k < k1; ++k) a += w[k] * load_v<kExchange>(vb + k);
     out[b] = a;
   }
 }
@@ -196,7 +214,7 @@ struct PersistentForward {
       const T* h_cur = p.h_buf + (s % 2) * B * H;
       T* h_next = p.h_buf + ((s + 1) % 2) * B * H;
       ctx.for_threads([&](int t) {
-        for (int64_t i = t; i < B * H; i += nt) h_s[i] = h_cur[i];
+        for (int64_t i = t; i < B * H; i += nt) h_s[i] = exchange_load(h_cur + i);
       });
       ctx.sync_block();
       // Partial dot products: task (slice q, row r) sums k in [q*klen, (q+1)*klen) for every b.
@@ -204,7 +222,7 @@ struct PersistentForward {
         for (int task = t; task < rowsi * ksi; task += nti) {
           const int r = task % rowsi, q = task / rowsi;
           const int64_t k0 = q * klen, k1 = k0 + klen < H ? k0 + klen : H;
-          dot_rows(w_s + r * ws, h_s, H, k0, k1, B, part + (q * rows + r) * B);
+          dot_rows<false>(w_s + r * ws, h_s, H, k0, k1, B, part + (q * rows + r) * B);
         }
       });
       ctx.sync_block();
@@ -338,7 +356,7 @@ struct PersistentBackward {
         for (int task = t; task < Ui * ksi; task += nti) {
           const int jl = task % Ui, q = task / Ui;
           const int64_t r0 = q * klen, r1 = r0 + klen < GH ? r0 + klen : GH;
-          dot_rows(wt_s + jl * ws, dstep, GH, r0, r1, B, part + (q * U + jl) * B);
+          dot_rows<true>(wt_s + jl * ws, dstep, GH, r0, r1, B, part + (q * U + jl) * B);
         }
       });
       ctx.sync_block();

@@ -17,7 +17,7 @@ import os
 from fusedrnn._loader import _C
 
 __all__ = ["is_available", "is_built", "device_count", "get_device_name", "versions",
-           "cublas_status", "persistent_plan"]
+           "cublas_status", "persistent_plan", "persistent_counts"]
 
 _available = None  # the devices a process sees are fixed when CUDA initialises
 
@@ -97,6 +97,13 @@ def persistent_plan(mode: str, hidden_size: int, batch: int, *, proj_size: int =
     return {d: dict(_C.cuda_persistent_plan(kind, int(batch), int(hidden_size), int(proj_size),
                                             itemsize, d == "forward", int(device)))
             for d in ("forward", "backward")}
+
+
+def persistent_counts() -> dict:
+    """``{"launched": n, "declined": m}``: persistent time loops launched since the process
+    started, and those declined at launch because the device could not hold the grid at once
+    (the per-step kernels ran instead): what :func:`persistent_plan`'s answers turned into."""
+    return dict(_C.cuda_persistent_counts())
 
 
 def _cublas_candidates() -> list:

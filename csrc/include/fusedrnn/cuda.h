@@ -55,6 +55,13 @@ struct PersistentChoice {
 PersistentChoice persistent_choice(CellKind kind, int64_t batch, int64_t hidden, int64_t proj,
                                    size_t elem, bool forward, int device);
 
+// Persistent time loops launched, and declined at launch (the device could not hold the grid at
+// once: the step loop ran), since the process started: what the plans above turned into.
+struct PersistentCounts {
+  long long launched = 0, declined = 0;
+};
+PersistentCounts persistent_counts();
+
 // fusedrnn/stack.h's stack_forward/stack_backward on device `device`. lengths (when not null)
 // is device memory and cfg.host_lengths must hold the same values on the host.
 template <class T>
