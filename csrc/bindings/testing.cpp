@@ -244,6 +244,16 @@ py::array_t<double> colmajor_gemm(bool ta, bool tb, py::array_t<double, py::arra
   return c;
 }
 
+py::dict plan_dict(const device::PersistentPlan& p) {
+  py::dict d;
+  d["use"] = p.use;
+  d["blocks"] = p.blocks;
+  d["threads"] = p.threads;
+  d["shared_bytes"] = p.shared_bytes;
+  d["why"] = p.why;
+  return d;
+}
+
 // The device stamps (device/stamps.h) of C-contiguous host arrays, on the host executor.
 struct HostArrays {
   std::vector<py::array> keep;
@@ -330,13 +340,7 @@ void register_testing(py::module_& m) {
         FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
         const device::PersistentPlan p = device::emulated_persistent_plan(
             kind, batch, hidden, proj, size_t(itemsize), forward);
-        py::dict d;
-        d["use"] = p.use;
-        d["blocks"] = p.blocks;
-        d["threads"] = p.threads;
-        d["shared_bytes"] = p.shared_bytes;
-        d["why"] = p.why;
-        return d;
+        return plan_dict(p);
       },
       py::arg("kind"), py::arg("batch"), py::arg("hidden"), py::arg("proj"), py::arg("itemsize"),
       py::arg("forward"), "The plan the emulated device backend makes for a layer.");
@@ -360,13 +364,7 @@ void register_testing(py::module_& m) {
         const device::PersistentPlan p = device::plan_persistent(
             device::PersistentMode(mode), cell_ok, gates, batch, hidden, size_t(itemsize),
             forward, max_blocks, threads, shared_limit, auto_max_batch);
-        py::dict d;
-        d["use"] = p.use;
-        d["blocks"] = p.blocks;
-        d["threads"] = p.threads;
-        d["shared_bytes"] = p.shared_bytes;
-        d["why"] = p.why;
-        return d;
+        return plan_dict(p);
       },
       py::arg("mode"), py::arg("cell_ok"), py::arg("gates"), py::arg("batch"), py::arg("hidden"),
       py::arg("itemsize"), py::arg("forward"), py::arg("max_blocks"), py::arg("threads"),
