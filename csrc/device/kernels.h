@@ -379,6 +379,10 @@ struct BackwardStep {
   T* dhp;           // (T*B, G*H) (kSplitGrad), else null
   T* dstep;         // (B, G*H)
   T* dh_next;       // (B, R): the direct path (no projection)
+  // Without a projection the step also gathers dh (GatherDh's work, one launch fewer): d_out
+  // is dsrc + dy, and an inactive sequence passes dsrc through to dh_next.
+  const T* dy;      // (T*B, ld_dy) or null; read only without a projection
+  int64_t ld_dy;
   FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
     constexpr int G = Cell::kGates, S = Cell::kSaved;
     const int64_t H = sh.H, B = sh.B, R = sh.R, GH = G * H;
@@ -391,12 +395,14 @@ struct BackwardStep {
         dxp[pad * GH + g * H + j] = T(0);
         if (Cell::kSplitGrad) dhp[pad * GH + g * H + j] = T(0);
       }
+      if (!sh.proj) dh_next[b * R + j] = dsrc[b * R + j];
       return;
     }
     const int64_t row = sh.map.time(sh.s, b) * B + b;
     const T* sv = saved + row * S * H;
     const T hprev = sh.proj ? T(0) : h_prev[row * R + j];
-    const T d_out = sh.proj ? dsrc[b * H + j] : dsrc[b * R + j];
+    const T d_out = sh.proj ? dsrc[b * H + j]
+                            : dsrc[b * R + j] + (dy ? dy[row * ld_dy + j] : T(0));
     T dcj = Cell::kHasCellState ? dc[b * H + j] : T(0);
     T dax[G], dah[G], direct;
     Cell::backward(sv + j, H, d_out, hprev, dcj, dax, dah, direct);

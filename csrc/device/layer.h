@@ -18,8 +18,8 @@
 // Forward, per step s: hp = h W_hh^T (one GEMM over the batch; the two-phase GRU: its r, z
 // blocks, ResetGatesStep, then the n block on r h), ForwardStep (the cell, saved values, y),
 // with a projection h = out W_hr^T then ProjectionCommit. Backward, per step from the last:
-// GatherDh, with a projection dout = dh W_hr, BackwardStep, the two-phase GRU's drh GEMM and
-// ResetGradStep, dh_prev += dstep W_hh. The input projection before the loop and the weight
+// with a projection GatherDh and dout = dh W_hr, BackwardStep (which gathers dh + dy itself
+// without one), the two-phase GRU's drh GEMM and ResetGradStep, dh_prev += dstep W_hh. The input projection before the loop and the weight
 // gradients after it are GEMMs over all T*B rows (core/grad_recipe.h).
 #include <algorithm>
 #include <cstdint>
@@ -223,12 +223,14 @@ struct DeviceLayer {
 
     for (int64_t s = hs.steps - 1; s >= 0 && B > 0 && !done; --s) {
       const StepShape<T> sh{map, s, B, H, R, proj, true};
-      ex.launch("gather dh", B * R, GatherDh<T>{sh, p.dy, ld_dy, dh_cur, dh_next, dproj.get()});
-      if (proj)
+      if (proj) {  // without a projection BackwardStep gathers dh itself
+        ex.launch("gather dh", B * R,
+                  GatherDh<T>{sh, p.dy, ld_dy, dh_cur, dh_next, dproj.get()});
         gemm<T>(ex, false, false, B, H, R, T(1), dh_cur, R, p.w_hr, H, T(0), dout.get(), H);
+      }
       ex.launch("backward step", B * H,
                 BackwardStep<Cell, T>{sh, p.saved, p.h_prev, proj ? dout.get() : dh_cur, dc.get(),
-                                      dxp.get(), dhp.get(), dstep.get(), dh_next});
+                                      dxp.get(), dhp.get(), dstep.get(), dh_next, p.dy, ld_dy});
       if constexpr (Cell::kTwoPhase) {
         gemm<T>(ex, false, false, B, H, H, T(1), dstep.get() + k1, GH, p.w_hh + k1 * R, R, T(0),
                 drh.get(), H);
