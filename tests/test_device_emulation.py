@@ -336,3 +336,25 @@ def test_persistent_partition_arithmetic():
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
             sizes = [u1 - u0 for u0, u1 in ranges]
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1, (H, nb, sizes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_device_gemm_block_program(ta, tb, dtype):
+    """The device backend's own GEMM (GemmBlock: 64x64 tiles, K in chunks of 16 through shared
+    memory), every transpose, edge tiles (M, N, K not multiples of the tile), K = 0, alpha,
+    beta; beta = 0 never reads C (NaN there stays out)."""
+    rng = np.random.default_rng(5)
+    for (M, N, K), order in zip([(1, 1, 1), (67, 130, 33), (64, 64, 16), (5, 3, 0),
+                                 (129, 17, 70)], [0, 1, 0, 1, 0]):
+        a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+        b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+        want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+        c = np.full((M, N), np.nan, dtype)
+        _C._testing.device_gemm(ta, tb, a, b, c, order=order)
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol * max(1, K))
+        c0 = rng.standard_normal((M, N)).astype(dtype)
+        c = c0.copy()
+        _C._testing.device_gemm(ta, tb, a, b, c, alpha=0.5, beta=-2.0, order=order)
+        np.testing.assert_allclose(c, 0.5 * want - 2.0 * c0, rtol=tol, atol=tol * max(1, K))

@@ -74,8 +74,8 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 
 def short_name(demangled: str) -> str:
-    """'void fusedrnn::cuda::for_each_kernel<fusedrnn::device::GemmTile<float> >(long, ...)'
-    -> 'GemmTile<float>'."""
+    """'void fusedrnn::cuda::for_each_kernel<fusedrnn::device::GemvT<float> >(long, ...)'
+    -> 'GemvT<float>'; a block program keeps its kernel's name: 'grid_kernel<GemmBlock<float>>'."""
     s = demangled
     m = re.match(r"void fusedrnn::cuda::for_each_kernel<(.*)>\(long, .*\)$", s)
     g = re.match(r"void fusedrnn::cuda::(\w+)<(.*)>\(.*\)$", s)

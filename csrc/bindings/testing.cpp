@@ -26,6 +26,7 @@
 #include "device/blas_mapping.h"
 #include "device/emulated.h"
 #include "device/host_exec.h"
+#include "device/layer.h"
 #include "device/stamps.h"
 
 #include "cells/activations.h"
@@ -244,6 +245,28 @@ py::array_t<double> colmajor_gemm(bool ta, bool tb, py::array_t<double, py::arra
   return c;
 }
 
+// c = alpha op(a) op(b) + beta c in place through the device backend's own GEMM (GemmBlock) on
+// the host runner, in the given thread order.
+template <class T>
+void device_gemm_typed(bool ta, bool tb, py::array a, py::array b, py::array c, double alpha,
+                       double beta, int order) {
+  auto A = py::array_t<T, py::array::c_style>::ensure(a);
+  auto Bm = py::array_t<T, py::array::c_style>::ensure(b);
+  FUSEDRNN_CHECK(A && Bm && A.ndim() == 2 && Bm.ndim() == 2 && c.ndim() == 2,
+                 "a, b, c must be 2-D");
+  FUSEDRNN_CHECK(py::isinstance<py::array_t<T>>(c) && (c.flags() & py::array::c_style) &&
+                     c.writeable(),
+                 "c must be a writeable C-contiguous array of a's dtype");
+  const int64_t M = c.shape(0), N = c.shape(1), K = ta ? A.shape(0) : A.shape(1);
+  FUSEDRNN_CHECK((ta ? A.shape(1) : A.shape(0)) == M && (tb ? Bm.shape(0) : Bm.shape(1)) == N &&
+                     (tb ? Bm.shape(1) : Bm.shape(0)) == K,
+                 "shapes do not agree");
+  device::HostExec ex;
+  ex.order = order;
+  device::gemm<T>(ex, ta, tb, M, N, K, T(alpha), A.data(), A.shape(1), Bm.data(), Bm.shape(1),
+                  T(beta), static_cast<T*>(c.mutable_data()), N);
+}
+
 py::dict plan_dict(const device::PersistentPlan& p) {
   py::dict d;
   d["use"] = p.use;
@@ -374,6 +397,19 @@ void register_testing(py::module_& m) {
         "The device backend's content stamps of host arrays, run on the host executor.");
   t.def("device_changed_stamp", &device_changed_stamp, py::arg("arrays"), py::arg("stamps"),
         "Index of the first array whose device stamp differs from stamps, or -1.");
+  t.def(
+      "device_gemm",
+      [](bool ta, bool tb, py::array a, py::array b, py::array c, double alpha, double beta,
+         int order) {
+        if (c.dtype().equal(py::dtype::of<double>()))
+          device_gemm_typed<double>(ta, tb, a, b, c, alpha, beta, order);
+        else
+          device_gemm_typed<float>(ta, tb, a, b, c, alpha, beta, order);
+      },
+      py::arg("trans_a"), py::arg("trans_b"), py::arg("a"), py::arg("b"), py::arg("c"),
+      py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("order") = 0,
+      "The device backend's own GEMM (GemmBlock) on the host runner: c = alpha op(a) op(b) + "
+      "beta c in place.");
   t.def("colmajor_gemm", &colmajor_gemm, py::arg("trans_a"), py::arg("trans_b"), py::arg("a"),
         py::arg("b"), "op(a) @ op(b) through the column-major mapping the cuBLAS call uses.");
 }

@@ -2,7 +2,7 @@
 // from the candidates fusedrnn.cuda passes (the nvidia-cublas wheel's directory) or the
 // dynamic linker's search (a libcublas torch has already loaded is found by its soname).
 // Nothing links against it, so importing fusedrnn never needs it; without it (or with
-// FUSEDRNN_CUBLAS=0) the own GemmTile kernel runs. The functions used are declared here from
+// FUSEDRNN_CUBLAS=0) the own GemmBlock kernel runs. The functions used are declared here from
 // cuBLAS's documented C API (stable since CUDA 4), not from its headers, which the build
 // machine need not have.
 #include <dlfcn.h>

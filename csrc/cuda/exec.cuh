@@ -140,7 +140,11 @@ struct CudaExec {
   bool run_grid(const char* name, const fusedrnn::device::PersistentPlan& plan,
                 const Program& program);
 
-  // The vendor GEMM when there is one (cuBLAS, loaded at run time); false: run GemmTile.
+  template <class Program>
+  void run_blocks(const char* name, int64_t blocks, int threads, size_t shared_bytes,
+                  const Program& program);
+
+  // The vendor GEMM when there is one (cuBLAS, loaded at run time); false: run GemmBlock.
   template <class T>
   bool vendor_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {

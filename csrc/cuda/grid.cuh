@@ -21,6 +21,12 @@ struct GridBarrier {
 struct CudaBlock {
   char* shared_;
   GridBarrier barrier_;
+  template <class T, int N>
+  struct Private {
+    T v[N];
+    __device__ explicit Private(const CudaBlock&) {}
+    __device__ T* at(int) { return v; }
+  };
   __device__ int block() const { return int(blockIdx.x); }
   __device__ int blocks() const { return int(gridDim.x); }
   __device__ int threads() const { return int(blockDim.x); }
@@ -63,6 +69,16 @@ __global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program progra
 
 // program on plan.blocks blocks, cooperatively; false (nothing launched) when the device cannot
 // hold that many blocks at once with this shared memory.
+// program on `blocks` independent blocks (no grid barrier), an ordinary launch.
+template <class Program>
+void launch_blocks(const char* name, int64_t blocks, int threads, size_t shared_bytes,
+                   cudaStream_t stream, const Program& program) {
+  if (blocks <= 0) return;
+  grid_kernel<Program><<<unsigned(blocks), unsigned(threads), shared_bytes, stream>>>(
+      program, GridBarrier{nullptr, nullptr});
+  check(cudaGetLastError(), name);
+}
+
 // Counts for fusedrnn/cuda.h's persistent_counts (runtime.cu).
 void count_persistent_launch(bool launched);
 
@@ -93,6 +109,12 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
         name);
   count_persistent_launch(true);
   return true;
+}
+
+template <class Program>
+void CudaExec::run_blocks(const char* name, int64_t blocks, int threads, size_t shared_bytes,
+                          const Program& program) {
+  launch_blocks(name, blocks, threads, shared_bytes, stream_, program);
 }
 
 template <class Program>

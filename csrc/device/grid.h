@@ -8,11 +8,16 @@
 //   ctx.sync_block()      the block's threads meet (__syncthreads)
 //   ctx.grid_sync()       every thread of every block meets; writes before are visible after
 //   ctx.shared()          the block's dynamic shared memory
+//   typename Ctx::template Private<T, N> p(ctx); p.at(t)
+//                         N values private to thread t that live across phases (registers on
+//                         a device, where one thread runs every phase; a slot per thread on
+//                         the host, where a phase runs for all threads before the next)
 //
 // CUDA runs a program as a cooperative kernel (csrc/cuda/grid.cuh). The host runner below runs
 // each block as a std::thread meeting the others at a barrier, and a block's threads as a loop
 // per phase, ascending or descending: the test shim that checks the programs on a CPU (a phase
 // whose threads depend on each other's writes gives different results in the two orders).
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
@@ -53,6 +58,13 @@ struct HostBlock {
   HostBarrier* barrier_;
   bool descending_;
 
+  template <class T, int N>
+  struct Private {
+    std::vector<T> slots;
+    explicit Private(const HostBlock& ctx) : slots(size_t(ctx.threads_) * N) {}
+    T* at(int t) { return slots.data() + size_t(t) * N; }
+  };
+
   int block() const { return block_; }
   int blocks() const { return blocks_; }
   int threads() const { return threads_; }
@@ -67,6 +79,18 @@ struct HostBlock {
   void sync_block() const {}
   void grid_sync() const { barrier_->arrive_and_wait(); }
 };
+
+// program(ctx) for independent blocks (no grid_sync), one after another on this thread.
+template <class Program>
+void run_host_blocks(int64_t blocks, int threads, size_t shared_bytes, bool descending,
+                     const Program& program) {
+  std::vector<char> shared(shared_bytes);
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::fill(shared.begin(), shared.end(), char(-1));
+    HostBlock ctx{int(b), int(blocks), threads, shared.data(), nullptr, descending};
+    program(ctx);
+  }
+}
 
 // program(ctx) on `blocks` host threads; shared memory starts as all-ones bytes (NaN in every
 // float type), so a read of shared memory no phase wrote poisons the result.

@@ -80,6 +80,12 @@ struct HostExec {
   }
 
   template <class Program>
+  void run_blocks(const char* /*name*/, int64_t blocks, int threads, size_t shared_bytes,
+                  const Program& program) {
+    run_host_blocks(blocks, threads, shared_bytes, order == 1, program);
+  }
+
+  template <class Program>
   bool run_grid(const char* /*name*/, const PersistentPlan& plan, const Program& program) {
     run_host_grid(plan.blocks, plan.threads, plan.shared_bytes, order == 1, program);
     return true;

@@ -33,13 +33,15 @@ FUSEDRNN_HOST_DEVICE void divmod(int64_t i, int64_t n, int64_t& q, int64_t& r) {
 
 // ---- GEMM ---------------------------------------------------------------------------------------
 
-// One 4x4 tile of C per element: row-major C(M,N) = alpha op(A) op(B) + beta C, op(A) (M,K),
-// op(B) (K,N). beta == 0 does not read C (it may hold NaN). Element i is tile
-// (i / tiles_n, i % tiles_n): neighbouring threads own neighbouring columns. Out-of-range rows
-// and columns read clamped (valid) addresses and are not written, so the k loop has no branch.
+// Row-major C(M,N) = alpha op(A) op(B) + beta C, op(A) (M,K), op(B) (K,N); beta == 0 does not
+// read C (it may hold NaN). A block program (grid.h): one 64x64 tile of C per block of 256 threads,
+// each thread a 4x4 sub-tile: K is walked in chunks of 16 staged in shared memory (A's chunk
+// k-major, so a thread reads its 4 rows and 4 columns as neighbours), each global element read
+// once per tile; loads are mapped so neighbouring threads read neighbouring addresses of
+// whichever axis is contiguous. Blocks are independent: no grid barrier.
 template <class T>
-struct GemmTile {
-  static constexpr int kTile = 4;
+struct GemmBlock {
+  static constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256, kPad = 4;
   bool trans_a, trans_b;
   int64_t M, N, K;
   T alpha;
@@ -52,44 +54,75 @@ struct GemmTile {
   int64_t ldc;
   int64_t tiles_n;
 
-  static int64_t tiles(int64_t M, int64_t N) {
-    return ((M + kTile - 1) / kTile) * ((N + kTile - 1) / kTile);
+  static int64_t blocks(int64_t M, int64_t N) {
+    return ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN);
+  }
+  static size_t shared_bytes() { return sizeof(T) * size_t(kBK) * (kBM + kPad + kBN + kPad); }
+
+  FUSEDRNN_HOST_DEVICE T a_at(int64_t m, int64_t k) const {
+    return trans_a ? A[k * lda + m] : A[m * lda + k];
+  }
+  FUSEDRNN_HOST_DEVICE T b_at(int64_t k, int64_t n) const {
+    return trans_b ? B[n * ldb + k] : B[k * ldb + n];
   }
 
-  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
-    int64_t tm, tn;
-    divmod(i, tiles_n, tm, tn);
-    const int64_t m0 = tm * kTile, n0 = tn * kTile;
-    int64_t a_off[kTile], b_off[kTile];
-    // Per k step, A(m, k) is at a_off[r] + k * a_step, B(k, n) at b_off[c] + k * b_step.
-    const int64_t a_step = trans_a ? lda : 1, b_step = trans_b ? 1 : ldb;
-    for (int r = 0; r < kTile; ++r) {
-      const int64_t m = m0 + r < M ? m0 + r : M - 1;
-      a_off[r] = trans_a ? m : m * lda;
+  template <class Ctx>
+  FUSEDRNN_HOST_DEVICE void operator()(const Ctx& ctx) const {
+    int64_t bm, bn;
+    divmod(ctx.block(), tiles_n, bm, bn);
+    const int64_t m0 = bm * kBM, n0 = bn * kBN;
+    T* as = reinterpret_cast<T*>(ctx.shared());  // (kBK, kBM + kPad): as[k][m]
+    T* bs = as + kBK * (kBM + kPad);             // (kBK, kBN + kPad): bs[k][n]
+    constexpr int la = kBM + kPad, lb = kBN + kPad;
+    // Each thread's 4x4 accumulators live across the phases: registers on a device, a slot per
+    // thread on the host runner (grid.h's Private).
+    typename Ctx::template Private<T, 16> acc_store(ctx);
+    ctx.for_threads([&](int t) {
+      T* acc = acc_store.at(t);
+      for (int e = 0; e < 16; ++e) acc[e] = T(0);
+    });
+    for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+      ctx.sync_block();  // the previous chunk's reads are done
+      ctx.for_threads([&](int t) {
+        for (int e = t; e < kBM * kBK; e += kThreads) {
+          // A: m fastest when A is stored k-major (trans_a), else k fastest
+          const int mi = trans_a ? e % kBM : e / kBK, ki = trans_a ? e / kBM : e % kBK;
+          const int64_t m = m0 + mi, k = k0 + ki;
+          as[ki * la + mi] = m < M && k < K ? a_at(m, k) : T(0);
+        }
+        for (int e = t; e < kBN * kBK; e += kThreads) {
+          const int ni = trans_b ? e / kBK : e % kBN, ki = trans_b ? e % kBK : e / kBN;
+          const int64_t n = n0 + ni, k = k0 + ki;
+          bs[ki * lb + ni] = n < N && k < K ? b_at(k, n) : T(0);
+        }
+      });
+      ctx.sync_block();
+      ctx.for_threads([&](int t) {
+        const int ty = t / 16, tx = t % 16;
+        T* acc = acc_store.at(t);
+        for (int k = 0; k < kBK; ++k) {
+          T a[4], b[4];
+          for (int r = 0; r < 4; ++r) a[r] = as[k * la + ty * 4 + r];
+          for (int c = 0; c < 4; ++c) b[c] = bs[k * lb + tx * 4 + c];
+          for (int r = 0; r < 4; ++r)
+            for (int c = 0; c < 4; ++c) acc[r * 4 + c] += a[r] * b[c];
+        }
+      });
     }
-    for (int c = 0; c < kTile; ++c) {
-      const int64_t n = n0 + c < N ? n0 + c : N - 1;
-      b_off[c] = trans_b ? n * ldb : n;
-    }
-    T acc[kTile][kTile];
-    for (int r = 0; r < kTile; ++r)
-      for (int c = 0; c < kTile; ++c) acc[r][c] = T(0);
-    for (int64_t k = 0; k < K; ++k) {
-      T a[kTile], b[kTile];
-      for (int r = 0; r < kTile; ++r) a[r] = A[a_off[r] + k * a_step];
-      for (int c = 0; c < kTile; ++c) b[c] = B[b_off[c] + k * b_step];
-      for (int r = 0; r < kTile; ++r)
-        for (int c = 0; c < kTile; ++c) acc[r][c] += a[r] * b[c];
-    }
-    for (int r = 0; r < kTile; ++r) {
-      if (m0 + r >= M) break;
-      T* crow = C + (m0 + r) * ldc;
-      for (int c = 0; c < kTile; ++c) {
-        if (n0 + c >= N) break;
-        const T v = alpha * acc[r][c];
-        crow[n0 + c] = beta == T(0) ? v : v + beta * crow[n0 + c];
+    ctx.for_threads([&](int t) {
+      const int ty = t / 16, tx = t % 16;
+      const T* acc = acc_store.at(t);
+      for (int r = 0; r < 4; ++r) {
+        const int64_t m = m0 + ty * 4 + r;
+        if (m >= M) break;
+        for (int c = 0; c < 4; ++c) {
+          const int64_t n = n0 + tx * 4 + c;
+          if (n >= N) break;
+          const T v = alpha * acc[r * 4 + c];
+          C[m * ldc + n] = beta == T(0) ? v : v + beta * C[m * ldc + n];
+        }
       }
-    }
+    });
   }
 };
 

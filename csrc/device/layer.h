@@ -13,7 +13,8 @@
 //   persistent_plan(cell_ok, G, B, H, elem, forward) -> PersistentPlan   (persistent.h)
 //   run_grid(name, plan, program) -> bool   a block program (grid.h) on plan.blocks co-resident
 //                                       blocks; false: it cannot run so (the step loop runs)
-// and the GEMM/GEMV below are launches of kernels.h's GemmTile/GemvT where no vendor GEMM runs.
+//   run_blocks(name, blocks, threads, shared_bytes, program)   independent blocks (grid.h)
+// and the GEMM/GEMV below run kernels.h's GemmBlock/GemvT where no vendor GEMM runs.
 //
 // Forward, per step s: hp = h W_hh^T (one GEMM over the batch; the two-phase GRU: its r, z
 // blocks, ResetGatesStep, then the n block on r h), ForwardStep (the cell, saved values, y),
@@ -42,9 +43,9 @@ void gemm(Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, 
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;  // K <= 0: C = beta C (the k loop is empty)
   if (ex.vendor_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
-  const int64_t tiles_n = (N + GemmTile<T>::kTile - 1) / GemmTile<T>::kTile;
-  ex.launch("gemm", GemmTile<T>::tiles(M, N),
-            GemmTile<T>{ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tiles_n});
+  using G = GemmBlock<T>;
+  ex.run_blocks("gemm", G::blocks(M, N), G::kThreads, G::shared_bytes(),
+                G{ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, (N + G::kBN - 1) / G::kBN});
 }
 
 template <class T, class Exec>
