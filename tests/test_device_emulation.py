@@ -249,12 +249,12 @@ def test_persistent_plan():
         for name in PERSISTENT_CELLS:
             for forward in (True, False):
                 p = _C._testing.persistent_plan(kinds[name], 5, 17, 0, 4, forward)
-                assert p["use"] and p["blocks"] == 3 and p["threads"] == 32, (name, p)
-        assert not _C._testing.persistent_plan(kinds["gru_v1"], 5, 17, 0, 4, True)["use"]
-        assert not _C._testing.persistent_plan(kinds["lstm"], 5, 17, 9, 4, True)["use"]
+                assert p["persistent"] and p["blocks"] == 3 and p["threads"] == 32, (name, p)
+        assert not _C._testing.persistent_plan(kinds["gru_v1"], 5, 17, 0, 4, True)["persistent"]
+        assert not _C._testing.persistent_plan(kinds["lstm"], 5, 17, 9, 4, True)["persistent"]
         assert _C._testing.persistent_plan(kinds["lstm"], 5, 2, 0, 4, True)["blocks"] == 2
         _C._testing.set_persistent_emulation(2, 3, 32)  # auto: batch above the crossover
-        assert not _C._testing.persistent_plan(kinds["lstm"], 64, 17, 0, 4, True)["use"]
+        assert not _C._testing.persistent_plan(kinds["lstm"], 64, 17, 0, 4, True)["persistent"]
     finally:
         _C._testing.set_persistent_emulation(0)
     assert _C._testing.persistent_plan(kinds["lstm"], 5, 17, 0, 4, True)["why"] == "off"
@@ -308,13 +308,13 @@ def test_persistent_plan_on_an_h200_covers_the_targets(gates):
         for H in (256, 512, 1024):
             for forward in (True, False):
                 p = _C._testing.plan_persistent(1, True, gates, B, H, 4, forward, **H200)
-                assert p["use"], (B, H, forward, p)
+                assert p["persistent"], (B, H, forward, p)
                 assert p["blocks"] == min(H, 132) and p["shared_bytes"] <= H200["shared_limit"]
     big = _C._testing.plan_persistent(1, True, gates, 64, 1024, 4, True, **H200)
-    assert not big["use"] and "shared memory" in big["why"]
-    assert not _C._testing.plan_persistent(2, True, gates, 32, 256, 4, True, **H200)["use"]
-    assert _C._testing.plan_persistent(2, True, gates, 16, 256, 4, True, **H200)["use"]
-    assert not _C._testing.plan_persistent(1, False, gates, 1, 256, 4, True, **H200)["use"]
+    assert not big["persistent"] and "shared memory" in big["why"]
+    assert not _C._testing.plan_persistent(2, True, gates, 32, 256, 4, True, **H200)["persistent"]
+    assert _C._testing.plan_persistent(2, True, gates, 16, 256, 4, True, **H200)["persistent"]
+    assert not _C._testing.plan_persistent(1, False, gates, 1, 256, 4, True, **H200)["persistent"]
     rng = np.random.default_rng(0)
     for _ in range(200):
         B, H, limit = int(rng.integers(1, 65)), int(rng.integers(1, 3000)), \
@@ -322,7 +322,7 @@ def test_persistent_plan_on_an_h200_covers_the_targets(gates):
         p = _C._testing.plan_persistent(1, True, gates, B, H, 4, bool(rng.integers(2)),
                                         max_blocks=132, threads=256, shared_limit=limit,
                                         auto_max_batch=16)
-        assert not p["use"] or p["shared_bytes"] <= limit
+        assert not p["persistent"] or p["shared_bytes"] <= limit
 
 
 def test_persistent_partition_arithmetic():

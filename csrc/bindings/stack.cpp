@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bindings/arrays.h"
+#include "bindings/persistent_plan.h"
 #include "core/registry.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/build_config.h"
@@ -607,15 +608,8 @@ py::dict py_cuda_persistent_plan(int kind, int64_t batch, int64_t hidden, int64_
   FUSEDRNN_CHECK(itemsize == 4 || itemsize == 8, "itemsize must be 4 or 8");
   FUSEDRNN_CHECK(batch >= 0 && hidden >= 1 && proj >= 0, "batch >= 0, hidden >= 1, proj >= 0");
 #if FUSEDRNN_WITH_CUDA
-  const cuda::PersistentChoice c = cuda::persistent_choice(
-      static_cast<CellKind>(kind), batch, hidden, proj, size_t(itemsize), forward, device);
-  py::dict d;
-  d["persistent"] = c.use;
-  d["blocks"] = c.blocks;
-  d["threads"] = c.threads;
-  d["shared_bytes"] = c.shared_bytes;
-  d["why"] = c.why;
-  return d;
+  return persistent_plan_dict(cuda::persistent_choice(
+      static_cast<CellKind>(kind), batch, hidden, proj, size_t(itemsize), forward, device));
 #else
   (void)forward;
   (void)device;

@@ -23,6 +23,7 @@
 
 #include <cblas.h>
 
+#include "bindings/persistent_plan.h"
 #include "device/blas_mapping.h"
 #include "device/emulated.h"
 #include "device/host_exec.h"
@@ -267,16 +268,6 @@ void device_gemm_typed(bool ta, bool tb, py::array a, py::array b, py::array c, 
                   T(beta), static_cast<T*>(c.mutable_data()), N);
 }
 
-py::dict plan_dict(const device::PersistentPlan& p) {
-  py::dict d;
-  d["use"] = p.use;
-  d["blocks"] = p.blocks;
-  d["threads"] = p.threads;
-  d["shared_bytes"] = p.shared_bytes;
-  d["why"] = p.why;
-  return d;
-}
-
 // The device stamps (device/stamps.h) of C-contiguous host arrays, on the host executor.
 struct HostArrays {
   std::vector<py::array> keep;
@@ -363,7 +354,7 @@ void register_testing(py::module_& m) {
         FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
         const device::PersistentPlan p = device::emulated_persistent_plan(
             kind, batch, hidden, proj, size_t(itemsize), forward);
-        return plan_dict(p);
+        return persistent_plan_dict(p);
       },
       py::arg("kind"), py::arg("batch"), py::arg("hidden"), py::arg("proj"), py::arg("itemsize"),
       py::arg("forward"), "The plan the emulated device backend makes for a layer.");
@@ -387,7 +378,7 @@ void register_testing(py::module_& m) {
         const device::PersistentPlan p = device::plan_persistent(
             device::PersistentMode(mode), cell_ok, gates, batch, hidden, size_t(itemsize),
             forward, max_blocks, threads, shared_limit, auto_max_batch);
-        return plan_dict(p);
+        return persistent_plan_dict(p);
       },
       py::arg("mode"), py::arg("cell_ok"), py::arg("gates"), py::arg("batch"), py::arg("hidden"),
       py::arg("itemsize"), py::arg("forward"), py::arg("max_blocks"), py::arg("threads"),

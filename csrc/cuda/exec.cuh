@@ -56,6 +56,14 @@ class DeviceGuard {
 constexpr uint64_t kPoolKeepBytes = uint64_t(256) << 20;
 cudaMemPool_t scratch_pool(int device);
 
+// What a device offers the persistent kernels, read once per device (runtime.cu).
+struct DeviceLimits {
+  int multiprocessors;
+  size_t shared_optin;  // shared memory a block may opt in to
+  bool cooperative;     // cooperative launch
+};
+DeviceLimits device_limits(int device);
+
 // The persistent kernels' block size: the threads a program spreads its rows and k-slices over.
 constexpr int kPersistentThreads = 256;
 

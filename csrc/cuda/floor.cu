@@ -2,8 +2,9 @@
 // kernels (csrc/device/persistent.h on csrc/cuda/grid.cuh) cannot go below: one grid-wide
 // barrier, and with h_floats > 0 the h exchange through global memory (each block reads the
 // whole vector into shared memory after the barrier, then writes its own slice of the other
-// buffer). Two barriers: cooperative_groups' grid.sync() (what grid.cuh uses) and an own
-// counter + epoch flag barrier.
+// buffer, reading past L1 as the kernels do). Two barriers: cooperative_groups' grid.sync(),
+// and grid.cuh's grid_barrier (a counter + generation flag barrier), the one the persistent
+// kernels use.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "cuda/exec.cuh"
+#include "cuda/grid.cuh"
 #include "fusedrnn/cuda.h"
 #include "fusedrnn/cuda_floor.h"
 
@@ -25,7 +27,7 @@ constexpr int kFloorMaxSteps = 1 << 24;
 
 struct FloorArgs {
   unsigned int* counter;  // flag barrier: arrivals at the current barrier (reset by the last)
-  unsigned int* epoch;    // flag barrier: barriers completed
+  unsigned int* epoch;    // flag barrier: its generation (barriers completed)
   unsigned int* errors;   // h values read that were not the previous step's
   float* h;               // (2, h_floats), zeros at launch: buffer s % 2 is read in step s
   int steps;
@@ -38,26 +40,10 @@ struct GridSyncBarrier {
   }
 };
 
-// Thread 0 of each block: fence (the block's writes before the arrival), arrive; the last to
-// arrive resets the counter and publishes the epoch, the others spin on it; fence again (what
-// others wrote before arriving is read after). The block's threads wait for their thread 0.
+// grid.cuh's barrier, on the floor's words: counter and generation on their own lines.
 struct FlagBarrier {
-  __device__ static void sync(const FloorArgs& a, unsigned int target) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence();
-      if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
-        atomicExch(a.counter, 0u);  // nobody arrives again before the epoch moves
-        __threadfence();
-        atomicExch(a.epoch, target);
-      } else {
-        const volatile unsigned int* epoch = a.epoch;
-        while (*epoch != target) {
-        }
-      }
-      __threadfence();
-    }
-    __syncthreads();
+  __device__ static void sync(const FloorArgs& a, unsigned int) {
+    grid_barrier(GridBarrier{a.counter, a.epoch});
   }
 };
 
@@ -76,7 +62,7 @@ __global__ void __launch_bounds__(kFloorMaxThreads) barrier_floor_kernel(FloorAr
       float* next = a.h + ((s + 1) & 1) * H;
       const float expect = float(s);
       for (int i = t; i < H; i += nt) {
-        const float v = cur[i];
+        const float v = __ldcg(cur + i);  // as the persistent kernels read h
         bad += v != expect ? 1u : 0u;
         h_s[i] = v;
       }
@@ -188,14 +174,10 @@ double barrier_floor_us(int kind, int blocks, int threads, int steps, int h_floa
     throw std::invalid_argument("barrier floor: device must lie in [0, " + std::to_string(n) +
                                 "), got " + std::to_string(device));
   DeviceGuard guard(device);
-  int sms = 0, coop = 0, optin = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute (multiprocessors)");
-  check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device),
-        "cudaDeviceGetAttribute (cooperative launch)");
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute (shared memory per block, opt-in)");
-  if (!coop) throw std::runtime_error("barrier floor: the device has no cooperative launch");
+  const DeviceLimits limits = device_limits(device);
+  const int sms = limits.multiprocessors;
+  const int64_t optin = int64_t(limits.shared_optin);
+  if (!limits.cooperative) throw std::runtime_error("barrier floor: the device has no cooperative launch");
   if (int64_t(h_floats) * int64_t(sizeof(float)) > optin)
     throw std::invalid_argument("barrier floor: h_floats " + std::to_string(h_floats) +
                                 " floats exceed a block's shared memory (" +

@@ -18,6 +18,29 @@ struct GridBarrier {
   unsigned* generation;
 };
 
+// Every thread of every block meets: thread 0 of each block arrives; the last to arrive resets
+// the count and advances the generation, the others spin until it does. Fences order each
+// block's writes before its arrival and the others' reads after the release. (The barrier the
+// persistent kernels use, and the one the barrier floor, csrc/cuda/floor.cu, measures.)
+__device__ __forceinline__ void grid_barrier(const GridBarrier& barrier) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = barrier.generation;
+    const unsigned g = *gen;
+    __threadfence();
+    if (atomicAdd(barrier.count, 1u) == gridDim.x - 1) {
+      *barrier.count = 0;
+      __threadfence();
+      atomicAdd(barrier.generation, 1u);
+    } else {
+      while (*gen == g) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
 struct CudaBlock {
   char* shared_;
   GridBarrier barrier_;
@@ -36,31 +59,13 @@ struct CudaBlock {
     f(int(threadIdx.x));
   }
   __device__ __forceinline__ void sync_block() const { __syncthreads(); }
-  // Thread 0 of each block arrives; the last to arrive resets the count and advances the
-  // generation, the others spin until it does. Fences order each block's writes before its
-  // arrival and the others' reads after the release.
-  __device__ __forceinline__ void grid_sync() const {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      volatile unsigned* gen = barrier_.generation;
-      const unsigned g = *gen;
-      __threadfence();
-      if (atomicAdd(barrier_.count, 1u) == gridDim.x - 1) {
-        *barrier_.count = 0;
-        __threadfence();
-        atomicAdd(barrier_.generation, 1u);
-      } else {
-        while (*gen == g) {
-        }
-      }
-      __threadfence();
-    }
-    __syncthreads();
-  }
+  __device__ __forceinline__ void grid_sync() const { grid_barrier(barrier_); }
 };
 
+// (256 threads, at least 1 block per SM: without the second bound ptxas held some persistent
+// kernels to 64 registers and spilled; one block per SM is what they run at anyway.)
 template <class Program>
-__global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program program,
+__global__ void __launch_bounds__(kPersistentThreads, 1) grid_kernel(Program program,
                                                                   GridBarrier barrier) {
   extern __shared__ __align__(16) char shared[];
   const CudaBlock ctx{shared, barrier};
@@ -69,13 +74,21 @@ __global__ void __launch_bounds__(kPersistentThreads) grid_kernel(Program progra
 
 // program on plan.blocks blocks, cooperatively; false (nothing launched) when the device cannot
 // hold that many blocks at once with this shared memory.
+// Independent blocks (GemmBlock): ptxas picks the registers for occupancy (no minimum
+// blocks per SM, unlike grid_kernel's one).
+template <class Program>
+__global__ void __launch_bounds__(kPersistentThreads) block_kernel(Program program) {
+  extern __shared__ __align__(16) char shared[];
+  const CudaBlock ctx{shared, GridBarrier{nullptr, nullptr}};
+  program(ctx);
+}
+
 // program on `blocks` independent blocks (no grid barrier), an ordinary launch.
 template <class Program>
 void launch_blocks(const char* name, int64_t blocks, int threads, size_t shared_bytes,
                    cudaStream_t stream, const Program& program) {
   if (blocks <= 0) return;
-  grid_kernel<Program><<<unsigned(blocks), unsigned(threads), shared_bytes, stream>>>(
-      program, GridBarrier{nullptr, nullptr});
+  block_kernel<Program><<<unsigned(blocks), unsigned(threads), shared_bytes, stream>>>(program);
   check(cudaGetLastError(), name);
 }
 
@@ -89,10 +102,9 @@ bool launch_grid(const char* name, int blocks, int threads, size_t shared_bytes,
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(shared_bytes)),
         "cudaFuncSetAttribute (persistent kernel shared memory)");
-  int device = 0, sms = 0, per_sm = 0;
+  int device = 0, per_sm = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute (multiprocessors)");
+  const int sms = device_limits(device).multiprocessors;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   if (per_sm * sms < blocks) {  // not co-resident: the step loop runs instead

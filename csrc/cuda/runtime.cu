@@ -46,6 +46,32 @@ cudaMemPool_t scratch_pool(int device) {
   return pools[device];
 }
 
+DeviceLimits device_limits(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static DeviceLimits known[kMaxDevices] = {};
+  static bool read[kMaxDevices] = {};
+  const bool cached = device >= 0 && device < kMaxDevices;
+  if (cached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (read[device]) return known[device];
+  }
+  int sms = 0, optin = 0, coop = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute (multiprocessors)");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute (shared memory per block, opt-in)");
+  check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device),
+        "cudaDeviceGetAttribute (cooperative launch)");
+  const DeviceLimits d{sms, size_t(optin), coop != 0};
+  if (cached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    known[device] = d;
+    read[device] = true;
+  }
+  return d;
+}
+
 PersistentSetting persistent_setting(int device) {
   PersistentSetting s{fusedrnn::device::PersistentMode::Off, 0, 0};
   const char* env = std::getenv("FUSEDRNN_PERSISTENT");
@@ -55,16 +81,10 @@ PersistentSetting persistent_setting(int device) {
   else if (mode != "0" && mode != "off" && !mode.empty())
     throw std::invalid_argument("FUSEDRNN_PERSISTENT must be 0, 1 or auto, got '" + mode + "'");
   if (s.mode == fusedrnn::device::PersistentMode::Off) return s;
-  int sms = 0, optin = 0, coop = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute (multiprocessors)");
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute (shared memory per block, opt-in)");
-  check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device),
-        "cudaDeviceGetAttribute (cooperative launch)");
-  if (!coop) s.mode = fusedrnn::device::PersistentMode::Off;
-  s.multiprocessors = sms;
-  s.shared_optin = size_t(optin);
+  const DeviceLimits d = device_limits(device);
+  if (!d.cooperative) s.mode = fusedrnn::device::PersistentMode::Off;
+  s.multiprocessors = d.multiprocessors;
+  s.shared_optin = d.shared_optin;
   return s;
 }
 

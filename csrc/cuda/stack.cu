@@ -59,16 +59,15 @@ int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
   return fusedrnn::device::first_changed_stamp(ex, n, data, bytes, stamps);
 }
 
-PersistentChoice persistent_choice(CellKind kind, int64_t batch, int64_t hidden, int64_t proj,
-                                   size_t elem, bool forward, int device) {
+fusedrnn::device::PersistentPlan persistent_choice(CellKind kind, int64_t batch, int64_t hidden,
+                                                   int64_t proj, size_t elem, bool forward,
+                                                   int device) {
   DeviceGuard guard(device);
   const CudaExec ex{nullptr, nullptr, device};
   return visit_cell(kind, [&](auto cell) {
     using Cell = decltype(cell);
-    const fusedrnn::device::PersistentPlan p = ex.persistent_plan(
-        fusedrnn::device::has_persistent_loop<Cell>() && proj == 0, Cell::kGates, batch, hidden,
-        elem, forward);
-    return PersistentChoice{p.use, p.blocks, p.threads, p.shared_bytes, p.why};
+    return ex.persistent_plan(fusedrnn::device::has_persistent_loop<Cell>() && proj == 0,
+                              Cell::kGates, batch, hidden, elem, forward);
   });
 }
 

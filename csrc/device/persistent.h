@@ -26,8 +26,10 @@ namespace device {
 
 // Units [u0, u1) of block k of nb over H: balanced, every block gets floor or ceil(H / nb).
 FUSEDRNN_HOST_DEVICE void unit_range(int64_t H, int64_t nb, int64_t k, int64_t& u0, int64_t& u1) {
-  u0 = k * H / nb;
-  u1 = (k + 1) * H / nb;
+  // 32-bit: a 64-bit division is a call on a GPU, and the register save around it made these
+  // kernels spill; a persistent grid's H and blocks are bounded by shared memory (< 2^16)
+  u0 = int(k) * int(H) / int(nb);
+  u1 = (int(k) + 1) * int(H) / int(nb);
 }
 
 // An odd row stride (in elements): rows that neighbouring threads read at once fall in
@@ -43,13 +45,15 @@ struct PersistentLayout {
   FUSEDRNN_HOST_DEVICE int64_t rows() const { return forward ? G * U : U; }
   // k-slices per dot product: the block's threads spread over rows x slices.
   FUSEDRNN_HOST_DEVICE static int64_t slices(int64_t threads, int64_t rows, int64_t K) {
-    int64_t ks = rows > 0 ? threads / rows : 1;
+    int64_t ks = rows > 0 ? int(threads) / int(rows) : 1;  // 32-bit, as unit_range
     ks = ks < 1 ? 1 : ks;
     return ks > K ? K : ks;
   }
+  // n rounded up to a multiple of 16 bytes (elem: a power of two), without a division
   FUSEDRNN_HOST_DEVICE int64_t align(int64_t n) const {
-    const int64_t q = 16 / elem > 0 ? 16 / elem : 1;
-    return (n + q - 1) / q * q;
+    int64_t q = 16;
+    for (int64_t e = elem; e > 1 && q > 1; e >>= 1) q >>= 1;
+    return (n + q - 1) & ~(q - 1);
   }
   FUSEDRNN_HOST_DEVICE int64_t w_elems() const { return align(rows() * odd_stride(K)); }
   // h (forward: B x K), or the direct path (backward: B x U)
@@ -60,6 +64,23 @@ struct PersistentLayout {
   }
   FUSEDRNN_HOST_DEVICE size_t bytes() const {
     return size_t(w_elems() + h_elems() + part_elems()) * size_t(elem);
+  }
+
+  // The layout of a grid of `blocks` blocks over H units, sized for its largest block, so the
+  // plan (plan_persistent) and every block of the program (carve) agree on it.
+  FUSEDRNN_HOST_DEVICE static PersistentLayout for_grid(int64_t G, int64_t B, int64_t H,
+                                                        int64_t blocks, int64_t threads,
+                                                        int64_t elem, bool forward) {
+    return PersistentLayout{G, (int(H) + int(blocks) - 1) / int(blocks), B, forward ? H : G * H,
+                            threads, elem, forward};
+  }
+  // Where w (the W_hh slice), h (forward: h; backward: the direct path) and the partial sums
+  // start in a block's shared memory.
+  template <class T>
+  FUSEDRNN_HOST_DEVICE void carve(char* shared, T*& w, T*& h, T*& part) const {
+    w = reinterpret_cast<T*>(shared);
+    h = w + w_elems();
+    part = h + h_elems();
   }
 };
 
@@ -96,9 +117,13 @@ inline PersistentPlan plan_persistent(PersistentMode mode, bool cell_has_loop, i
     plan.why = "empty";
     return plan;
   }
+  if (G * H * B > (int64_t(1) << 30)) {  // the programs index in 32 bits
+    plan.why = "the W_hh slice and the batch's state do not fit in shared memory";
+    return plan;
+  }
   const int blocks = int(H < max_blocks ? H : max_blocks);
-  const int64_t U = (H + blocks - 1) / blocks;
-  const PersistentLayout lay{G, U, B, forward ? H : G * H, threads, int64_t(elem), forward};
+  const PersistentLayout lay =
+      PersistentLayout::for_grid(G, B, H, blocks, threads, int64_t(elem), forward);
   if (lay.bytes() > shared_limit) {
     plan.why = "the W_hh slice and the batch's state do not fit in shared memory";
     return plan;
@@ -190,14 +215,11 @@ struct PersistentForward {
     int64_t u0, u1;
     unit_range(H, ctx.blocks(), ctx.block(), u0, u1);
     const int64_t U = u1 - u0, rows = G * U;
-    // The layout of the largest block, so every block carves its memory alike.
-    const PersistentLayout lay{G, (H + ctx.blocks() - 1) / ctx.blocks(), B, H, nt,
-                               int64_t(sizeof(T)), true};
     const int64_t ws = odd_stride(H);
-    T* w_s = reinterpret_cast<T*>(ctx.shared());
-    T* h_s = w_s + lay.w_elems();
-    T* part = h_s + lay.h_elems();
-    const int64_t ks = PersistentLayout::slices(nt, rows, H), klen = (H + ks - 1) / ks;
+    T *w_s, *h_s, *part;
+    PersistentLayout::for_grid(G, B, H, ctx.blocks(), nt, int64_t(sizeof(T)), true)
+        .carve(ctx.shared(), w_s, h_s, part);
+    const int64_t ks = PersistentLayout::slices(nt, rows, H), klen = (int(H) + int(ks) - 1) / int(ks);
     // task indices in 32 bits (every count here is bounded by shared memory, < 2^16 elements)
     const int nti = int(nt), Ui = int(U), Bi = int(B), Hi = int(H), rowsi = int(rows),
               ksi = int(ks);
@@ -302,13 +324,11 @@ struct PersistentBackward {
     int64_t u0, u1;
     unit_range(H, ctx.blocks(), ctx.block(), u0, u1);
     const int64_t U = u1 - u0;
-    const PersistentLayout lay{G, (H + ctx.blocks() - 1) / ctx.blocks(), B, GH, nt,
-                               int64_t(sizeof(T)), false};
     const int64_t ws = odd_stride(GH);
-    T* wt_s = reinterpret_cast<T*>(ctx.shared());  // (U, ws): column u0 + jl of W_hh
-    T* direct = wt_s + lay.w_elems();              // (B, U)
-    T* part = direct + lay.h_elems();
-    const int64_t ks = PersistentLayout::slices(nt, U, GH), klen = (GH + ks - 1) / ks;
+    T *wt_s, *direct, *part;  // wt_s (U, ws): column u0 + jl of W_hh; direct (B, U)
+    PersistentLayout::for_grid(G, B, H, ctx.blocks(), nt, int64_t(sizeof(T)), false)
+        .carve(ctx.shared(), wt_s, direct, part);
+    const int64_t ks = PersistentLayout::slices(nt, U, GH), klen = (int(GH) + int(ks) - 1) / int(ks);
     const int nti = int(nt), Ui = int(U), Bi = int(B), GHi = int(GH), ksi = int(ks);
 
     ctx.for_threads([&](int t) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "device/persistent.h"
 #include "fusedrnn/stack.h"
 
 namespace fusedrnn {
@@ -46,14 +47,8 @@ int64_t changed_stamp(size_t n, const void* const* data, const size_t* bytes,
 
 // What a layer's time loop would run on `device` now (FUSEDRNN_PERSISTENT and the device's
 // limits): the persistent kernel (blocks x threads, shared bytes) or the per-step path (why).
-struct PersistentChoice {
-  bool use = false;
-  int blocks = 0, threads = 0;
-  size_t shared_bytes = 0;
-  std::string why;
-};
-PersistentChoice persistent_choice(CellKind kind, int64_t batch, int64_t hidden, int64_t proj,
-                                   size_t elem, bool forward, int device);
+device::PersistentPlan persistent_choice(CellKind kind, int64_t batch, int64_t hidden,
+                                         int64_t proj, size_t elem, bool forward, int device);
 
 // Persistent time loops launched, and declined at launch (the device could not hold the grid at
 // once: the step loop ran), since the process started: what the plans above turned into.
