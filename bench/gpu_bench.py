@@ -92,12 +92,18 @@ PEERS = ("fusedrnn", "cudnn")
 MIN_REPEATS = 3
 SYNC_EVERY = 5              # calls queued between two host checks of the peer budget
 F64_TOL = 1e-9              # float64 rows vs cuDNN float64
-SUITE_ORDER = ("persistent", "crossover", "deepbench_train", "f64", "stack", "grid", "deepbench")
-PERSISTENT_SUITES = ("persistent", "crossover")  # rows timed persistent / per step / cuDNN
+SUITE_ORDER = ("persistent", "crossover", "bf16", "deepbench_train", "f64", "stack", "grid",
+               "deepbench")
+PERSISTENT_SUITES = ("persistent", "crossover", "bf16")  # timed persistent / per step / cuDNN
 P_PEERS = ("persistent", "step", "cudnn")
 PERSISTENT_ENV = "FUSEDRNN_PERSISTENT"
 ENV_OF_PEER = {"persistent": "1", "step": "0", "cudnn": None}  # None: left as it is
 PERSISTENT_TARGET = {"forward": 2.0, "fwd+bwd": 1.5}  # issue 12: cuDNN ms / fusedrnn ms
+BF16_TARGET = 2.0   # issue 12: bfloat16 at B <= 8, against cuDNN in bfloat16 (inference)
+BF16_B, BF16_H = (1, 4, 8), (256, 512, 1024)
+# 16-bit rows against cuDNN in the same storage: a sanity gate before timing (cuDNN rounds h
+# between steps, fusedrnn once per output); the derived bound is tests/cuda/test_cuda_half.py's.
+LOWP_TOL = 0.05
 P_CELLS, P_B, P_H, P_T = ("lstm", "gru"), (1, 4, 8), (256, 512, 1024), (50, 200)
 CROSSOVER_B = (1, 2, 4, 8, 16, 32, 64, 128)
 FLOOR_KINDS = ("grid_sync", "flag")
@@ -167,7 +173,7 @@ class PCase(hz.Case):
     """A configuration of the persistent or crossover suite (hz.Case labels only its own)."""
 
     def label(self):
-        pre = {"persistent": "P ", "crossover": "X "}.get(self.suite)
+        pre = {"persistent": "P ", "crossover": "X ", "bf16": "BF "}.get(self.suite)
         return super().label() if pre is None else f"{pre}H{self.H} B{self.B} T{self.T}"
 
 
@@ -199,6 +205,10 @@ def configs(args):
             out += persistent_configs(quick)
         elif suite == "crossover":
             out += crossover_configs(quick)
+        elif suite == "bf16":
+            bs, hs = ((1, 8), (256, 1024)) if quick else (BF16_B, BF16_H)
+            out += [(PCase("bf16", cell, H, B, 50, modes=("forward",)), "bfloat16")
+                    for cell in P_CELLS for H in hs for B in bs]
         elif suite == "deepbench_train":
             bs = (64,) if quick else DEEPBENCH_TRAIN_LSTM_B
             out += [(hz.Case("deepbench_train", "lstm", H, B, 25), "float32")
@@ -290,7 +300,10 @@ def device_data(case, dtype, seed, device):
     """bench/harness.py's Data (torch module, parameters, x, h0, c0) moved to the device."""
     np_dtype = np.float64 if dtype == "float64" else np.float32
     d = hz.Data(case, np_dtype, seed)
-    return d.moved(lambda a: torch.as_tensor(a, device=device), device)
+    storage = getattr(torch, dtype)  # bfloat16 rows: data drawn in float32, stored in 16 bits
+    d = d.moved(lambda a: torch.as_tensor(a, device=device).to(storage), device)
+    d.module = d.module.to(storage)
+    return d
 
 
 def put_on(device):
@@ -298,7 +311,7 @@ def put_on(device):
 
 
 def get(a):
-    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return hz.tensor_to_numpy(a) if isinstance(a, torch.Tensor) else a
 
 
 def cudnn_errors(dd, dtype):
@@ -323,6 +336,8 @@ def validate(case, dtype, seed, device):
     e = cudnn_errors(dd, dtype)
     if dtype == "float64":
         tol_out = tol_grad = F64_TOL
+    elif dtype in ("bfloat16", "float16"):
+        tol_out = tol_grad = LOWP_TOL
     else:
         tol_out, tol_grad = hz.OUT_TOL, hz.GRAD_TOL
     tol = lambda k: tol_grad if " d" in k else tol_out
@@ -389,6 +404,24 @@ def time_row(args, dd, mode):
 # ------------------------------------------------------------------------------------------
 # Issue 12: the barrier floor, FUSEDRNN_PERSISTENT, the persistent and crossover rows
 # ------------------------------------------------------------------------------------------
+
+def host_16bit(args, dtype):
+    """--cpu-dry-run of a 16-bit row: fusedrnn's CPU backend has no 16-bit path, so the device
+    backend's code runs on the host (its test emulation) for the row."""
+    if not (args.cpu_dry_run and dtype in ("bfloat16", "float16")):
+        return contextlib.nullcontext()
+    return _device_emulation()
+
+
+@contextlib.contextmanager
+def _device_emulation():
+    from fusedrnn import _C
+    old = _C._testing.set_device_emulation(0)
+    try:
+        yield
+    finally:
+        _C._testing.set_device_emulation(old)
+
 
 @contextlib.contextmanager
 def persistent_env(value):
@@ -528,8 +561,9 @@ def summarize_persistent(row, times, walls, args):
     row["ratio_step_over_persistent"] = s / p
     row["ratio"] = p / c                         # as the other rows: fusedrnn ms / cuDNN ms
     row["speedup_vs_torch"] = c / p
-    if row["suite"] == "persistent":
-        t = row["target"] = PERSISTENT_TARGET[row["mode"]]
+    if row["suite"] in ("persistent", "bf16"):
+        t = row["target"] = BF16_TARGET if row["suite"] == "bf16" else \
+            PERSISTENT_TARGET[row["mode"]]
         row["target_met"] = c / p >= t
         row["target_met_step"] = c / s >= t
     return row
@@ -913,7 +947,8 @@ def main(argv=None):
             continue
         try:
             run = run_persistent_config if case.suite in PERSISTENT_SUITES else run_config
-            new = run(args, case, dtype, args.seed + i, prop)
+            with host_16bit(args, dtype):
+                new = run(args, case, dtype, args.seed + i, prop)
         except Exception as e:  # noqa: BLE001 - record the row and go on
             tb = traceback.format_exc(limit=6)
             print(f"  ERROR {case.label()} {dtype}: {type(e).__name__}: {e}", flush=True)

@@ -41,8 +41,8 @@
 #              persistent kernels' shared memory and barriers; required)        (sanitizer.log)
 #   synccheck, initcheck: the same on the per-step path, advisory (reported, never fail the run)
 #   -- then alone --
-#   bench      bench/gpu_bench.py with the time left: the barrier floor, the persistent and
-#              crossover rows, then issue 11's rows   (bench.log, gpu_bench.json/.png)
+#   bench      bench/gpu_bench.py with the time left: the barrier floor, the persistent,
+#              crossover and bfloat16 rows, then issue 11's rows   (bench.log, gpu_bench.json/.png)
 #
 # The run goes on past a failing stage (stages that need the build are skipped without it),
 # prints a summary last (also $OUT/summary.txt) and exits 1 if any required stage failed or

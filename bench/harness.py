@@ -350,12 +350,20 @@ def torch_runner(d, mode):
     return mb.torch_run(d.module, mode, lambda rg: torch_inputs(d, rg))
 
 
+def tensor_to_numpy(t):
+    """A tensor as NumPy; 16-bit storage (bfloat16, which NumPy lacks, and float16) widened to
+    float32, exactly."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.detach().cpu().numpy()
+
+
 def torch_outputs(d):
     x, hx, _ = torch_inputs(d, False)
     with torch.no_grad():
         y, state = d.module(x, hx)
     state = state if d.c0 is not None else (state, None)
-    return tuple(None if t is None else t.cpu().numpy() for t in (y, *state))
+    return tuple(None if t is None else tensor_to_numpy(t) for t in (y, *state))
 
 
 def torch_gradients(d):
@@ -370,7 +378,7 @@ def torch_gradients(d):
         grads["c0"] = leaves[1].grad
     grads.update({k: p.grad for k, p in m.named_parameters()})
     m.zero_grad(set_to_none=True)
-    return {k: v.cpu().numpy() for k, v in grads.items()}
+    return {k: tensor_to_numpy(v) for k, v in grads.items()}
 
 
 # ------------------------------------------------------------------------------------------

@@ -107,3 +107,40 @@ def to_numpy(a):
     if type(a).__module__.startswith("torch"):
         return a.detach().cpu().numpy()
     return a
+
+
+# --- 16-bit storage (fusedrnn/half.h, device/widened.h) ---------------------------------------
+
+def half_quantum(v, storage):
+    """Half the spacing of ``storage``'s values at |v| ("bfloat16"/"float16"): the error of one
+    rounding to nearest."""
+    from fusedrnn.reference import STORAGE_FORMATS
+
+    p, emin, _ = STORAGE_FORMATS[storage]
+    _, e = np.frexp(np.abs(v))
+    return np.ldexp(0.5, np.maximum(e, emin) - p)
+
+
+def assert_rounded_once(pairs, storage, exact_share=0.95):
+    """``pairs``: name -> (16-bit result as float64, exact float64 value of the same 16-bit
+    inputs). A result computed in float32 and rounded once lies within half a 16-bit quantum
+    plus float32's error (2e-5 of the array's scale, the float32 bound of the device tests) of
+    the exact value, and (ties of rounding aside) is mostly the exact value rounded: both are
+    checked, the second over all arrays together."""
+    from fusedrnn.reference import quantize
+
+    exact = total = 0
+    for name, (got, want) in pairs.items():
+        if got is None or want is None:
+            assert got is None and want is None, name
+            continue
+        scale = max(1.0, float(np.abs(want).max()))
+        e32 = 2e-5 * scale
+        bound = half_quantum(np.abs(want) + e32, storage) + e32
+        err = np.abs(got - want)
+        assert (err <= bound).all(), \
+            f"{name}: error {err.max():.3e} over the bound {bound[np.argmax(err - bound)]:.3e}"
+        exact += int((got == quantize(want, storage)).sum())
+        total += got.size
+    assert exact >= exact_share * total, \
+        f"only {exact} of {total} elements are the exact value rounded"

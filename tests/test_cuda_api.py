@@ -155,8 +155,8 @@ def test_state_dict_values_of_another_library_load():
 def test_persistent_plan_without_a_gpu_raises_clearly():
     with pytest.raises(RuntimeError, match=r"built without CUDA|CUDA error in cudaGetDevice"):
         fusedrnn.cuda.persistent_plan("lstm", 256, 4)
-    with pytest.raises(TypeError, match=r"dtype must be 'float32' or 'float64'"):
-        fusedrnn.cuda.persistent_plan("lstm", 256, 4, dtype="float16")
+    with pytest.raises(TypeError, match=r"dtype must be 'float32', 'float64', 'float16' or"):
+        fusedrnn.cuda.persistent_plan("lstm", 256, 4, dtype="int8")
     with pytest.raises(ValueError, match=r"mode must be one of"):
         fusedrnn.cuda.persistent_plan("lstmx", 256, 4)
 

@@ -24,6 +24,8 @@ DType numpy_dtype(const py::array& a) {
   const py::dtype dt = a.dtype();
   if (dt.equal(py::dtype::of<float>())) return DType::Float32;
   if (dt.equal(py::dtype::of<double>())) return DType::Float64;
+  if (dt.kind() == 'f' && dt.itemsize() == 2) return DType::Float16;
+  if (dt.itemsize() == 2 && py::str(dt).cast<std::string>() == "bfloat16") return DType::BFloat16;
   if (dt.equal(py::dtype::of<int64_t>())) return DType::Int64;
   if (dt.equal(py::dtype::of<int32_t>())) return DType::Int32;
   if (dt.equal(py::dtype::of<uint64_t>())) return DType::UInt64;
@@ -36,7 +38,12 @@ DType numpy_dtype(const py::array& a) {
 DType dlpack_dtype(const dlpack::DLDataType& t) {
   if (t.lanes != 1) return DType::Other;
   switch (t.code) {
-    case 2: return t.bits == 32 ? DType::Float32 : t.bits == 64 ? DType::Float64 : DType::Other;
+    case 2:
+      return t.bits == 32   ? DType::Float32
+             : t.bits == 64 ? DType::Float64
+             : t.bits == 16 ? DType::Float16
+                            : DType::Other;
+    case 4: return t.bits == 16 ? DType::BFloat16 : DType::Other;  // kDLBfloat
     case 0: return t.bits == 64 ? DType::Int64 : t.bits == 32 ? DType::Int32 : DType::Other;
     case 1:
       return t.bits == 64 ? DType::UInt64
@@ -157,7 +164,11 @@ DType typestr_dtype(const std::string& t, int* itemsize) {
   *itemsize = bytes;
   if (t[0] == '>' && bytes > 1) return DType::Other;
   switch (t[1]) {
-    case 'f': return bytes == 4 ? DType::Float32 : bytes == 8 ? DType::Float64 : DType::Other;
+    case 'f':
+      return bytes == 4   ? DType::Float32
+             : bytes == 8 ? DType::Float64
+             : bytes == 2 ? DType::Float16
+                          : DType::Other;
     case 'i': return bytes == 8 ? DType::Int64 : bytes == 4 ? DType::Int32 : DType::Other;
     case 'u':
       return bytes == 8   ? DType::UInt64
@@ -368,6 +379,7 @@ py::dtype numpy_dtype_of(DType dtype) {
   switch (dtype) {
     case DType::Float32: return py::dtype::of<float>();
     case DType::Float64: return py::dtype::of<double>();
+    case DType::Float16: return py::dtype("float16");
     case DType::UInt8: return py::dtype::of<uint8_t>();
     default: throw std::invalid_argument(concat("cannot allocate ", dtype_name(dtype)));
   }

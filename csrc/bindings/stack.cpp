@@ -13,9 +13,11 @@
 #include "bindings/arrays.h"
 #include "bindings/persistent_plan.h"
 #include "core/registry.h"
+#include "device/emulated.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
+#include "fusedrnn/half.h"
 #include "fusedrnn/stack.h"
 #if FUSEDRNN_WITH_CUDA
 #include "fusedrnn/cuda.h"
@@ -144,6 +146,21 @@ std::string layer_name(const std::string& name) {
   return name;
 }
 
+// The call's dtype, from x: float32 or float64 anywhere; the 16-bit storage types (computed in
+// float32, device/widened.h) on a CUDA device, and on the host only under the device
+// emulation (tests).
+DType stack_dtype(const Arg& x) {
+  const DType t = x.view.dtype;
+  if (t != DType::Float16 && t != DType::BFloat16) return first_float(x, "x");
+  FUSEDRNN_CHECK_TYPE(!x.view.device.is_cpu() || device::emulation() >= 0, "x has dtype ",
+                      dtype_name(t), ", and 16-bit storage (float16, bfloat16) runs on CUDA "
+                      "devices only: on the CPU use float32 or float64");
+  return t;
+}
+
+// The bytes of one element of the training state: 16-bit storage keeps it in float32.
+size_t state_elem_bytes(DType t) { return t == DType::Float64 ? 8 : 4; }
+
 StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_layers,
                    bool bidirectional, bool reverse, py::handle h0_, py::handle c0_,
                    py::handle lengths_, bool batch_first, double dropout, uint64_t seed,
@@ -173,7 +190,7 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
   a.call.stream = stream;
 
   a.x = array_arg(x_, "x", &a.call);
-  a.dtype = first_float(a.x, "x");
+  a.dtype = stack_dtype(a.x);
   const ArrayView& xv = a.x.view;
   FUSEDRNN_CHECK(xv.ndim == 3, "x must be 3-D with shape ",
                  layer ? "(T, B, input_size)"
@@ -314,7 +331,13 @@ const int64_t* lengths_ptr(const StackCall& a) {
 template <class T>
 void run_forward(const StackCall& a, const StackWeights<T>* w, T* y, T* h_n, T* c_n,
                  void* reserve) {
-  if (!a.on_device()) {
+  if constexpr (is_16bit_storage_v<T>) {
+    if (!a.on_device()) {  // stack_dtype let it through: the device emulation is on
+      device::emulated_stack_forward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(),
+                                        cptr<T>(a.h0), cptr<T>(a.c0), y, h_n, c_n, reserve);
+      return;
+    }
+  } else if (!a.on_device()) {
     stack_forward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), cptr<T>(a.h0),
                      cptr<T>(a.c0), y, h_n, c_n, reserve);
     return;
@@ -331,7 +354,13 @@ template <class T>
 void run_backward(const StackCall& a, const StackWeights<T>* w, const void* reserve,
                   const T* dy, const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
                   const StackGrads<T>* g, bool accumulate) {
-  if (!a.on_device()) {
+  if constexpr (is_16bit_storage_v<T>) {
+    if (!a.on_device()) {  // the device emulation (stack_dtype)
+      device::emulated_stack_backward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), reserve,
+                                         dy, dh_n, dc_n, dx, dh0, dc0, g, accumulate);
+      return;
+    }
+  } else if (!a.on_device()) {
     stack_backward<T>(a.cfg, w, lengths_ptr(a), a.x.ptr<const T>(), reserve, dy, dh_n, dc_n,
                       dx, dh0, dc0, g, accumulate);
     return;
@@ -390,7 +419,7 @@ py::tuple forward_typed(StackCall& a, bool check_inplace, py::handle alloc) {
   std::optional<Arg> c_n;
   if (cell_info(cfg.kind).cell_state) c_n = out(a.state_shape(cfg.hidden), a.dtype);
   std::optional<Arg> reserve;
-  const StateLayout layout = stack_state_layout(cfg, sizeof(T));
+  const StateLayout layout = stack_state_layout(cfg, sizeof(compute_t<T>));
   if (cfg.training) reserve = out({int64_t(layout.bytes)}, DType::UInt8);
   std::optional<Stamped> stamped;
   std::optional<py::array_t<uint64_t>> stamps;
@@ -436,8 +465,12 @@ py::tuple py_stack_forward(int kind, py::handle x, py::dict params, int64_t num_
                            uint64_t stream) {
   StackCall a = validate(kind, x, params, num_layers, bidirectional, reverse, h0, c0, lengths,
                          batch_first, dropout, seed, training, layer, stream);
-  if (a.dtype == DType::Float32) return forward_typed<float>(a, check_inplace, alloc);
-  return forward_typed<double>(a, check_inplace, alloc);
+  switch (a.dtype) {
+    case DType::Float32: return forward_typed<float>(a, check_inplace, alloc);
+    case DType::Float16: return forward_typed<float16>(a, check_inplace, alloc);
+    case DType::BFloat16: return forward_typed<bfloat16>(a, check_inplace, alloc);
+    default: return forward_typed<double>(a, check_inplace, alloc);
+  }
 }
 
 template <class T>
@@ -533,7 +566,7 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
   const StackConfig& cfg = a.cfg;
   const Device dev = a.x.view.device;
   const int64_t R = a.R();
-  const size_t elem = a.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
+  const size_t elem = state_elem_bytes(a.dtype);
   Arg reserve = array_arg(reserve_, "reserve", &a.call);
   check_dtype(reserve, "reserve", DType::UInt8, " (the training state of the forward call)");
   check_same_device(reserve, "reserve", dev);
@@ -568,9 +601,20 @@ py::tuple py_stack_backward(int kind, py::handle x, py::dict params, int64_t num
                  "dc_n is only defined for the LSTM");
   auto dc_n = opt(dc_n_, "dc_n", a.state_shape(cfg.hidden),
                   layer ? "(batch, hidden_size) like c_n" : "like c_n");
-  if (a.dtype == DType::Float32)
-    return backward_typed<float>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads, alloc);
-  return backward_typed<double>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads, alloc);
+  switch (a.dtype) {
+    case DType::Float32:
+      return backward_typed<float>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads,
+                                   alloc);
+    case DType::Float16:
+      return backward_typed<float16>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads,
+                                     alloc);
+    case DType::BFloat16:
+      return backward_typed<bfloat16>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads,
+                                      alloc);
+    default:
+      return backward_typed<double>(a, reserve, stamps, device_stamps, dy, dh_n, dc_n, grads,
+                                    alloc);
+  }
 }
 
 // Where each piece of the training state lies in the reserve (byte offsets; -1: absent).
@@ -578,7 +622,8 @@ py::dict py_state_layout(int kind, int64_t steps, int64_t batch, int64_t input, 
                          int64_t proj, int64_t num_layers, bool bidirectional, bool batch_first,
                          double dropout, int64_t itemsize) {
   FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
-  FUSEDRNN_CHECK(itemsize == 4 || itemsize == 8, "itemsize must be 4 or 8");
+  FUSEDRNN_CHECK(itemsize == 2 || itemsize == 4 || itemsize == 8, "itemsize must be 2, 4 or 8");
+  if (itemsize == 2) itemsize = 4;  // 16-bit storage keeps its training state in float32
   StackConfig cfg;
   cfg.kind = static_cast<CellKind>(kind);
   cfg.steps = steps, cfg.batch = batch, cfg.input = input, cfg.hidden = hidden, cfg.proj = proj;
@@ -605,7 +650,8 @@ py::dict py_state_layout(int kind, int64_t steps, int64_t batch, int64_t input, 
 py::dict py_cuda_persistent_plan(int kind, int64_t batch, int64_t hidden, int64_t proj,
                                  int64_t itemsize, bool forward, int device) {
   FUSEDRNN_CHECK(valid_cell_kind(kind), "unknown cell kind ", kind);
-  FUSEDRNN_CHECK(itemsize == 4 || itemsize == 8, "itemsize must be 4 or 8");
+  FUSEDRNN_CHECK(itemsize == 2 || itemsize == 4 || itemsize == 8, "itemsize must be 2, 4 or 8");
+  if (itemsize == 2) itemsize = 4;  // 16-bit storage keeps its training state in float32
   FUSEDRNN_CHECK(batch >= 0 && hidden >= 1 && proj >= 0, "batch >= 0, hidden >= 1, proj >= 0");
 #if FUSEDRNN_WITH_CUDA
   return persistent_plan_dict(cuda::persistent_choice(

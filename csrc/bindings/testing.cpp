@@ -35,6 +35,7 @@
 #include "cpu/tuning.h"
 #include "fusedrnn/api.h"
 #include "fusedrnn/check.h"
+#include "fusedrnn/half.h"
 
 namespace py = pybind11;
 
@@ -326,6 +327,43 @@ void register_testing(py::module_& m) {
   t.def("cell_backward", &cell_backward, py::arg("kind"), py::arg("saved"), py::arg("dout"),
         py::arg("h_prev") = py::none(), py::arg("dc") = py::none(), py::arg("drh") = py::none(),
         "One cell header's backward: (dax (n, G), dah (n, G), dc_prev or None, dh_direct).");
+  t.def(
+      "round_16bit",
+      [](const std::string& storage, py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+        FUSEDRNN_CHECK(storage == "bfloat16" || storage == "float16",
+                       "storage must be 'bfloat16' or 'float16'");
+        py::array_t<uint16_t> bits(v.size());
+        py::array_t<float> back(v.size());
+        const float* in = v.data();
+        uint16_t* b = bits.mutable_data();
+        float* w = back.mutable_data();
+        for (py::ssize_t i = 0; i < v.size(); ++i) {
+          if (storage == "bfloat16") {
+            const bfloat16 h = narrow<bfloat16>(in[i]);
+            b[i] = h.bits;
+            w[i] = widen(h);
+          } else {
+            const float16 h = narrow<float16>(in[i]);
+            b[i] = h.bits;
+            w[i] = widen(h);
+          }
+        }
+        return py::make_tuple(bits, back);
+      },
+      py::arg("storage"), py::arg("values"),
+      "fusedrnn/half.h's narrowing of float32 values (flat): (uint16 bits, the bits widened).");
+  t.def(
+      "widen_16bit",
+      [](const std::string& storage, py::array_t<uint16_t, py::array::c_style | py::array::forcecast> v) {
+        FUSEDRNN_CHECK(storage == "bfloat16" || storage == "float16",
+                       "storage must be 'bfloat16' or 'float16'");
+        py::array_t<float> out(v.size());
+        for (py::ssize_t i = 0; i < v.size(); ++i)
+          out.mutable_data()[i] = storage == "bfloat16" ? widen(bfloat16{v.data()[i]})
+                                                        : widen(float16{v.data()[i]});
+        return out;
+      },
+      py::arg("storage"), py::arg("bits"), "fusedrnn/half.h's widening of 16-bit patterns (flat).");
   t.def(
       "set_device_emulation",
       [](int order) {

@@ -6,6 +6,7 @@
 #include "cuda/exec.cuh"
 #include "cuda/grid.cuh"
 #include "device/layer.h"
+#include "device/widened.h"
 #include "device/stamps.h"
 #include "fusedrnn/cuda.h"
 
@@ -29,7 +30,11 @@ void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64
   CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
-  core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+  if constexpr (is_16bit_storage_v<T>)
+    fusedrnn::device::widened_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
+                                                      reserve);
+  else
+    core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
 }
 
 template <class T>
@@ -41,8 +46,12 @@ void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int6
   CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
-  core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
-                               accumulate);
+  if constexpr (is_16bit_storage_v<T>)
+    fusedrnn::device::widened_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n,
+                                                       dc_n, dx, dh0, dc0, g, accumulate);
+  else
+    core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,
+                                 g, accumulate);
 }
 
 void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out,
@@ -80,6 +89,8 @@ fusedrnn::device::PersistentPlan persistent_choice(CellKind kind, int64_t batch,
 
 FUSEDRNN_INSTANTIATE_CUDA_STACK(float)
 FUSEDRNN_INSTANTIATE_CUDA_STACK(double)
+FUSEDRNN_INSTANTIATE_CUDA_STACK(bfloat16)
+FUSEDRNN_INSTANTIATE_CUDA_STACK(float16)
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -10,6 +10,7 @@
 #include "core/stack_loop.h"
 #include "device/host_exec.h"
 #include "device/layer.h"
+#include "device/widened.h"
 
 namespace fusedrnn {
 namespace device {
@@ -52,7 +53,11 @@ void emulated_stack_forward(const StackConfig& cfg, const StackWeights<T>* w,
                             T* h_n, T* c_n, void* reserve) {
   HostExec ex = make_exec();
   DeviceBackend<HostExec> be{ex, HostSteps(lengths, cfg.batch, cfg.steps)};
-  core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+  if constexpr (is_16bit_storage_v<T>)
+    fusedrnn::device::widened_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
+                                                      reserve);
+  else
+    core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
 }
 
 template <class T>
@@ -62,8 +67,12 @@ void emulated_stack_backward(const StackConfig& cfg, const StackWeights<T>* w,
                              const StackGrads<T>* g, bool accumulate) {
   HostExec ex = make_exec();
   DeviceBackend<HostExec> be{ex, HostSteps(lengths, cfg.batch, cfg.steps)};
-  core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
-                               accumulate);
+  if constexpr (is_16bit_storage_v<T>)
+    fusedrnn::device::widened_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n,
+                                                       dc_n, dx, dh0, dc0, g, accumulate);
+  else
+    core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,
+                                 g, accumulate);
 }
 
 #define FUSEDRNN_INSTANTIATE_EMULATED(T)                                                        \
@@ -77,6 +86,8 @@ void emulated_stack_backward(const StackConfig& cfg, const StackWeights<T>* w,
 
 FUSEDRNN_INSTANTIATE_EMULATED(float)
 FUSEDRNN_INSTANTIATE_EMULATED(double)
+FUSEDRNN_INSTANTIATE_EMULATED(bfloat16)
+FUSEDRNN_INSTANTIATE_EMULATED(float16)
 
 }  // namespace device
 }  // namespace fusedrnn

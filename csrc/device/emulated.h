@@ -1,6 +1,7 @@
 #pragma once
 // The device backend run on the host (emulated.cpp), for tests.
 #include "device/persistent.h"
+#include "fusedrnn/half.h"
 #include "fusedrnn/stack.h"
 
 namespace fusedrnn {

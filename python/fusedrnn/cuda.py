@@ -87,12 +87,15 @@ def persistent_plan(mode: str, hidden_size: int, batch: int, *, proj_size: int =
     the default until it is measured on a GPU; ``1``: wherever it fits; ``auto``: where it fits
     and the batch is small) and the layer has one exchange per step (no projection, GRU with
     ``reset_after``); else the per-step kernels run. Read at every call: the variable may change
-    between calls."""
+    between calls. ``dtype`` may name the 16-bit storage types, which compute (and hold W_hh) in
+    float32, so they get float32's plan."""
     from fusedrnn.functional import _kind
 
-    itemsize = {"float32": 4, "float64": 8}.get(str(dtype))
+    name = str(dtype).replace("torch.", "")
+    itemsize = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}.get(name)
     if itemsize is None:
-        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise TypeError("dtype must be 'float32', 'float64', 'float16' or 'bfloat16', "
+                        f"got {dtype!r}")
     kind = _kind(mode, reset_after)
     return {d: dict(_C.cuda_persistent_plan(kind, int(batch), int(hidden_size), int(proj_size),
                                             itemsize, d == "forward", int(device)))

@@ -20,7 +20,8 @@ hidden_size, or proj_size for an LSTM with projection):
 ============  ==========================  ===================================================
 argument      shape                       meaning
 ============  ==========================  ===================================================
-x             (T, B, I)                   input, float32 or float64 (every array: same dtype)
+x             (T, B, I)                   input, float32 or float64 (CUDA also bfloat16,
+                                          float16); every array: same dtype
 w_ih          (G*H, I)                    input weights, gate blocks in PyTorch order
 w_hh          (G*H, R)                    recurrent weights
 b_ih, b_hh    (G*H,) or None              biases (both or neither)

@@ -30,6 +30,11 @@ Whole stacks (layers x directions, dropout given explicit masks, ``batch_first``
     dx, dh0, dc0, grads = stack_backward(ctx, dy, dh_n, dc_n)
 
 with ``params``/``grads`` keyed by PyTorch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``...).
+
+16-bit storage (bfloat16, float16; the CUDA backend stores them and computes in float32) is
+modelled by :func:`quantize`: a low-precision run of the reference quantizes every input and
+parameter, computes in float64 and quantizes every output (each output rounded once, as the
+device backend does; ``docs/design.md`` §5).
 """
 
 from __future__ import annotations
@@ -46,8 +51,30 @@ __all__ = [
     "gru_v1_cell_gates", "gru_v1_cell_forward", "gru_v1_cell_backward_n", "gru_v1_cell_backward_rz",
     "layer_forward", "layer_backward",
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
-    "stack_forward", "stack_backward", "param_names",
+    "stack_forward", "stack_backward", "param_names", "quantize", "STORAGE_FORMATS",
 ]
+
+# 16-bit storage formats: (significant bits, frexp exponent of the smallest normal, largest
+# finite value).
+STORAGE_FORMATS = {
+    "bfloat16": (8, -125, float.fromhex("0x1.fep127")),
+    "float16": (11, -13, 65504.0),
+}
+
+
+def quantize(a, storage):
+    """``a`` (any shape) rounded to the nearest value of ``storage`` ("bfloat16" or "float16"),
+    ties to even, with that format's subnormals, overflow to inf and NaN kept; float64 out.
+    Rounds the exact value once (float64 in: exact for float32 inputs)."""
+    p, emin, largest = STORAGE_FORMATS[storage]
+    a = np.asarray(a, dtype=np.float64)
+    out = a.copy()
+    finite = np.isfinite(a) & (a != 0)
+    _, e = np.frexp(a[finite])
+    quantum_exp = np.maximum(e, emin) - p  # the spacing of the format's values near |a|
+    q = np.ldexp(np.rint(np.ldexp(a[finite], -quantum_exp)), quantum_exp)  # rint: ties to even
+    out[finite] = np.where(np.abs(q) > largest, np.copysign(np.inf, q), q)
+    return out
 
 # MODES (recurrent modes; GRU also takes ``reset_after``) and GATES come from fusedrnn.spec.
 

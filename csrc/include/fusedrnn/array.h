@@ -7,12 +7,16 @@
 
 namespace fusedrnn {
 
-enum class DType : int { Float32, Float64, Int64, Int32, UInt64, UInt32, UInt8, Bool, Other };
+enum class DType : int {
+  Float32, Float64, Float16, BFloat16, Int64, Int32, UInt64, UInt32, UInt8, Bool, Other
+};
 
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::Float32: return "float32";
     case DType::Float64: return "float64";
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
     case DType::Int64: return "int64";
     case DType::Int32: return "int32";
     case DType::UInt64: return "uint64";
