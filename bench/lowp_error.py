@@ -71,7 +71,7 @@ def main():
     rows = []
     for mode in ("lstm", "gru", "rnn_tanh"):
         for storage in ("bfloat16", "float16"):
-            q = lambda v: ref.quantize(v, storage)  # noqa: E731
+            q = lambda v, s=storage: ref.quantize(v, s)  # noqa: E731
             row = {"cell": mode, "storage": storage, "T": a.T, "B": a.B}
             params, x = case(mode, a.T, a.B, a.H, 0)
             y64, h64, _, _ = ref.stack_forward(mode, x, params)

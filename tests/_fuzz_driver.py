@@ -650,7 +650,8 @@ def t_stack(fz, d, rng):
                                        "batch_first")))
         v = d.draw(st.sampled_from({
             "num_layers": (L + 1, L - 1 or 2**40, 0, -1, 2**70, 1.5, "2", None),
-            "bidirectional": (D == 1,), "dropout": (-0.1, 1.0, 1.5, np.nan, np.inf, "x"),
+            # dropout=1.0 is valid (everything dropped, as torch.nn): not a bad value here
+            "bidirectional": (D == 1,), "dropout": (-0.1, 1.5, np.nan, np.inf, "x"),
             "mode": ("LSTM", "gru2", None, 3, ["lstm"]), "seed": (-1, 2**70, 1.5, "abc"),
             "batch_first": (not bf,)}[what]))
         fz.mut(f"{what}={v!r}")

@@ -225,7 +225,7 @@ def test_stack_forward_bad_input():
         (ValueError, r"h0 must have shape \(num_layers\*num_directions, batch, output_size\) = "
                      r"\(4, 3, 6\)", dict(h0=np.zeros((2, B, H), np.float32))),
         (ValueError, r"c0 is only defined for the LSTM", None),
-        (ValueError, r"dropout must lie in \[0, 1\)", dict(dropout=1.0)),
+        (ValueError, r"dropout must lie in \[0, 1\], got 1.5", dict(dropout=1.5)),
         (ValueError, r"num_layers must be >= 1", dict(num_layers=0)),
         (ValueError, r"mode must be one of", dict(mode="lstmx")),
         (ValueError, r"x must have at least one time step",

@@ -57,12 +57,18 @@ BAD_CELL_ARGS = [
     (TypeError, dict(input_size="3"), CELLS, True),
     (TypeError, dict(input_size=None), CELLS, True),
     (TypeError, dict(hidden_size=4.0), CELLS, True),
-    (ValueError, dict(input_size=0), CELLS, False),    # torch.nn: accepted
+    (ValueError, dict(input_size=0), CELLS, False),    # torch.nn: accepted (documented difference)
     (ValueError, dict(input_size=-1), CELLS, False),   # torch.nn: RuntimeError (torch.empty)
-    (ValueError, dict(hidden_size=0), CELLS, False),
-    (TypeError, dict(bias=1), CELLS, False),           # torch.nn: accepted
-    (TypeError, dict(bias=None), CELLS, False),
-    (ValueError, dict(nonlinearity="sigmoid"), ("RNNCell",), False),  # torch.nn: at forward
+]
+
+# The NumPy cells refuse these; torch.nn's cells accept them, and so do fusedrnn.torch's
+# (issue 13: hidden_size 0 gives (B, 0) outputs, bias is any truthy value, an unknown
+# nonlinearity raises at forward: tests/test_torch_conformance.py).
+TORCH_LENIENT_CELL_ARGS = [
+    (ValueError, dict(hidden_size=0), CELLS),
+    (TypeError, dict(bias=1), CELLS),
+    (TypeError, dict(bias=None), CELLS),
+    (ValueError, dict(nonlinearity="sigmoid"), ("RNNCell",)),
 ]
 
 # Deliberately stricter than torch.nn (documented in fusedrnn.torch): torch.nn accepts these.
@@ -111,6 +117,14 @@ def test_bad_cell_argument_raises_the_same_everywhere(exc, kw, cls, same_in_torc
         assert _raised(ft, cls, kw) is exc
         if same_in_torch:
             assert _raised(torch.nn, cls, kw) is exc
+
+
+@pytest.mark.parametrize("exc,kw,cls", _cases(TORCH_LENIENT_CELL_ARGS))
+def test_numpy_cells_stricter_torch_cells_as_torch(exc, kw, cls):
+    assert _raised(fusedrnn, cls, kw) is exc
+    if torch is not None:
+        assert _raised(ft, cls, kw) is None
+        assert _raised(torch.nn, cls, kw) is None
 
 
 @pytest.mark.parametrize("exc,kw,cls", _cases(STRICTER_STACK_ARGS))

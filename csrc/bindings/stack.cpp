@@ -177,7 +177,8 @@ StackCall validate(int kind_int, py::handle x_, py::dict params, int64_t num_lay
   const bool lstm = cell.cell_state;
   const int64_t G = cell.gates;
   FUSEDRNN_CHECK(num_layers >= 1, "num_layers must be >= 1, got ", num_layers);
-  FUSEDRNN_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ", dropout);
+  // p = 1 drops everything (as torch.nn: the next layer sees zeros, NaN * 0 stays NaN)
+  FUSEDRNN_CHECK(dropout >= 0.0 && dropout <= 1.0, "dropout must lie in [0, 1], got ", dropout);
   FUSEDRNN_CHECK(!(reverse && bidirectional), "reverse applies to a unidirectional stack only");
   cfg.layers = num_layers;
   cfg.dirs = bidirectional ? 2 : 1;

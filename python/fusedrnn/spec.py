@@ -429,12 +429,15 @@ class CellSpec(_ModeSizes):
     hidden_size: int
     bias: bool = True
     reset_after: bool = True
+    # hidden_size = 0 allowed: torch.nn's cells accept it (their outputs are (B, 0)); the
+    # torch adapter's cells set it, the NumPy cells keep sizes >= 1.
+    empty_ok: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("mode", canonical_mode(self.mode))
         set_("input_size", _size("input_size", self.input_size))
-        set_("hidden_size", _size("hidden_size", self.hidden_size))
+        set_("hidden_size", _size("hidden_size", self.hidden_size, 0 if self.empty_ok else 1))
         _flag("bias", self.bias)
         _flag("reset_after", self.reset_after)
 

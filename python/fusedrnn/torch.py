@@ -37,30 +37,36 @@ CUDA tensors run on fusedrnn's CUDA kernels, on torch's current stream
 
 Differences from PyTorch, all deliberate:
 
-* CPU and CUDA tensors, float32 and float64. A CUDA tensor where fusedrnn has no CUDA backend
-  or no GPU, a tensor on another device, or another dtype, raises a ``RuntimeError``/
-  ``TypeError`` that says so; use ``torch.nn.LSTM`` there. Every tensor of a call must be on
-  the parameters' device (``RuntimeError`` naming the odd one, as torch.nn).
-* Every tensor of a call (input, states, parameters) must have the parameters' dtype; a mix
-  raises a ``ValueError`` naming the odd one. torch.nn is inconsistent there (``LSTMCell``
-  with float32 weights and a float64 ``c`` returns float64 states; a float64 ``LSTM`` casts a
-  float32 ``c_0``; a float64 ``h_0`` with float32 weights fails inside oneDNN), so no single
-  rule would match it.
+* CPU and CUDA tensors, float32 and float64; on CUDA also bfloat16 and float16 (stored in 16
+  bits, computed in float32). A CUDA tensor where fusedrnn has no CUDA backend or no GPU, a
+  tensor on another device, or another dtype (``.half()``/``.bfloat16()`` modules on the CPU,
+  which torch.nn runs), raises a ``RuntimeError``/``TypeError`` that says so and what to do;
+  use ``torch.nn.LSTM`` there. Every tensor of a call must be on the parameters' device
+  (``RuntimeError`` naming the odd one, as torch.nn).
+* Every tensor of a call (input, states, parameters) must have the parameters' dtype. A layer's
+  input of another dtype raises torch.nn's own ``ValueError`` and message; any other mix raises
+  a ``RuntimeError`` naming the odd one, where torch.nn raises ``RuntimeError`` from inside its
+  kernels with their words (which vary by device: oneDNN on the CPU), or, inconsistently,
+  casts (``LSTMCell`` with float32 weights and a float64 ``c`` returns float64 states; a
+  float64 ``LSTM`` casts a float32 ``c_0``). The cells check sizes before dtypes, as torch.nn.
+* Under CPU autocast to bfloat16 the layers run and return float32 (torch.nn returns bfloat16
+  there); the values agree to bfloat16's precision.
 * Dropout (between layers, training mode only, as in PyTorch) draws its masks from fusedrnn's
   own counter-based generator, seeded by one ``torch.randint`` draw from PyTorch's default
   generator per forward: ``torch.manual_seed`` makes runs reproducible, but the masks are not
   the ones ``torch.nn.LSTM`` would draw. Without active dropout no random number is drawn, so
-  the rest of a program's random stream is the same as with ``torch.nn.LSTM``.
+  the rest of a program's random stream is the same as with ``torch.nn.LSTM``. ``dropout=1``
+  zeroes every inter-layer activation, as torch.nn.
 * Constructor arguments are checked by :mod:`fusedrnn.spec`, with ``torch.nn.RNNBase``'s
-  exception types and messages, for the stacks and the cells alike. Where torch.nn is
-  lenient or inconsistent: sizes may be any integral type (NumPy integers, which
-  ``torch.nn.RNN/LSTM/GRU`` refuse); a ``bool`` size or a non-``bool`` ``bidirectional``
-  raises ``TypeError`` (torch.nn takes ``True`` as 1); the cells raise ``TypeError`` for a
-  non-integer size or a non-``bool`` ``bias``, ``ValueError`` for a size <= 0 and for an
-  unknown ``nonlinearity`` (torch.nn's cells check nothing: ``torch.empty`` fails, or not,
-  and an unknown nonlinearity raises ``RuntimeError`` at the first forward).
-* ``dropout=1.0`` is accepted, as by torch.nn, but a training-mode forward through more
-  than one layer then raises ``ValueError``: the kernels need ``dropout < 1``.
+  exception types and messages. Where torch.nn is lenient or inconsistent: sizes may be any
+  integral type (NumPy integers, which ``torch.nn.RNN/LSTM/GRU`` refuse); a ``bool`` size or a
+  non-``bool`` ``bidirectional`` raises ``TypeError`` (torch.nn takes ``True`` as 1). The
+  cells follow torch.nn's cells: any truthy ``bias``, ``hidden_size=0`` (outputs (B, 0)), an
+  unknown ``nonlinearity`` raising ``RuntimeError`` at forward; but ``input_size=0`` raises
+  ``ValueError`` (torch.nn's cells accept it; the kernels need an input).
+* A sequence of length 0 raises torch.nn's ``RuntimeError``; a batch of 0 gives empty outputs
+  and a working backward, as torch.nn. Behaviours checked against both implementations:
+  tests/test_torch_conformance.py.
 * First-order gradients only: differentiating a gradient of these modules (double backward,
   e.g. ``autograd.grad(..., create_graph=True)`` then a backward through its result) raises a
   ``RuntimeError`` rather than silently treating the gradient as a constant.
@@ -107,6 +113,7 @@ from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSp
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_CUDA_16BIT = (torch.bfloat16, torch.float16)  # stored in 16 bits, computed in float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,9 +130,11 @@ def _detached(t):
     return t if t.device.type == "cpu" else t.contiguous()
 
 
-def _check_tensors(owner, tensors):
+def _check_tensors(owner, tensors, cell=False):
     """Every tensor on the CPU, or on a CUDA device where fusedrnn can run there, all on the
-    device of the first (the weights), in float32 or float64, all of one dtype (the weights')."""
+    device of the first (the weights), in float32 or float64 (on CUDA also the 16-bit types),
+    all of one dtype (the weights'). A dtype mismatch raises as torch.nn does: ValueError for a
+    layer's input, RuntimeError otherwise."""
     device = tensors[0][1].device
     for name, t in tensors:
         if t is None:
@@ -149,13 +158,19 @@ def _check_tensors(owner, tensors):
         if t.layout != torch.strided:
             raise TypeError(f"{owner}: {name} must be a dense (strided) tensor, got {t.layout}")
     dtype = tensors[0][1].dtype
-    if dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{owner}: fusedrnn supports float32 and float64, but the parameters "
-                        f"are {dtype}; convert the module with .float() or .double()")
+    if dtype not in _SUPPORTED_DTYPES and not (dtype in _CUDA_16BIT and device.type == "cuda"):
+        raise TypeError(f"{owner}: fusedrnn supports float32 and float64 (on CUDA also bfloat16 "
+                        f"and float16, computed in float32), but the parameters are {dtype} on "
+                        f"{device}; convert the module with .float() or .double()")
     for name, t in tensors[1:]:
         if t is not None and t.dtype != dtype:
-            raise ValueError(f"{owner}: {name} is {t.dtype} but the parameters are {dtype}; all "
-                            f"tensors must share one dtype")
+            if name == "input" and not cell:  # torch.nn.RNNBase's own check and message
+                raise ValueError(f"RNN input dtype ({t.dtype}) does not match weight dtype "
+                                 f"({dtype}). Convert input: input.to({dtype}), or convert "
+                                 f"model: model.to({t.dtype})")
+            # torch.nn raises RuntimeError here (from its kernels, with their own wording)
+            raise RuntimeError(f"{owner}: {name} is {t.dtype} but the parameters are {dtype}; "
+                               f"all tensors must share one dtype")
 
 
 class _Config:
@@ -310,7 +325,7 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
 
     def reset_parameters(self) -> None:
         """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as PyTorch."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
 
@@ -382,6 +397,8 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
             c0 = None if c0 is None else c0.unsqueeze(1)
         else:
             x = input
+        if x.shape[1 if batch_first else 0] == 0:  # torch.nn's error (its type and words)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         dropout_active = self.training and spec.dropout > 0 and spec.num_layers > 1
         cfg = _Config(mode=spec.mode, names=tuple(self._flat_weights_names),
@@ -465,7 +482,9 @@ class RNNCellBase(CellSpecFields, torch.nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device=None,
                  dtype=None, *, reset_after: bool = True):
         super().__init__()
-        self.spec = CellSpec(mode, input_size, hidden_size, bias, reset_after)
+        # torch.nn's cells take any bias (truthy or not) and hidden_size = 0
+        self.spec = CellSpec(mode, input_size, hidden_size, bool(bias), reset_after,
+                             empty_ok=True)
         for name, shape in self.spec.param_shapes().items():
             setattr(self, name, Parameter(torch.empty(shape, device=device, dtype=dtype)))
         if not self.spec.bias:
@@ -475,7 +494,7 @@ class RNNCellBase(CellSpecFields, torch.nn.Module):
 
     def reset_parameters(self) -> None:
         """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as PyTorch."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
 
@@ -495,9 +514,13 @@ class RNNCellBase(CellSpecFields, torch.nn.Module):
         is_batched = spec.step_layout(input, states, owner=cls, style="torch", labels=labels)
         names = list(spec.param_shapes())
         weights = [getattr(self, n) for n in names]
-        _check_tensors(cls, list(zip(names, weights))
-                       + [("input", input)] + list(zip(labels, states)))
+        # sizes first, then dtypes: torch.nn's order
         spec.check_step_sizes(input, states, is_batched, style="torch", labels=labels)
+        _check_tensors(cls, list(zip(names, weights))
+                       + [("input", input)] + list(zip(labels, states)), cell=True)
+        if spec.hidden_size == 0:  # outputs (B, 0) / (0,), still in input's graph as torch's
+            empty = input.matmul(self.weight_ih.t())
+            return empty, (empty.clone() if len(states) == 2 else None)
         if not is_batched:
             input = input.unsqueeze(0)
             states = [None if s is None else s.unsqueeze(0) for s in states]
@@ -520,13 +543,18 @@ class RNNCell(RNNCellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None):
-        super().__init__(rnn_mode(nonlinearity), input_size, hidden_size, bias, device, dtype)
+        # torch.nn.RNNCell accepts any nonlinearity and raises at forward
+        mode = {"tanh": "rnn_tanh", "relu": "rnn_relu"}.get(nonlinearity, "rnn_tanh")
+        super().__init__(mode, input_size, hidden_size, bias, device, dtype)
+        self._nonlinearity = nonlinearity
 
     @property
     def nonlinearity(self) -> str:
-        return self.spec.nonlinearity
+        return self._nonlinearity
 
     def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self._nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self._nonlinearity}")
         return self._step(input, [hx])[0]
 
 
