@@ -30,11 +30,8 @@ void stack_forward(const StackConfig& cfg, const StackWeights<T>* w, const int64
   CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
-  if constexpr (is_16bit_storage_v<T>)
-    fusedrnn::device::widened_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
-                                                      reserve);
-  else
-    core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+  fusedrnn::device::device_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
+                                            reserve);
 }
 
 template <class T>
@@ -46,12 +43,8 @@ void stack_backward(const StackConfig& cfg, const StackWeights<T>* w, const int6
   CudaExec ex{static_cast<cudaStream_t>(cfg.stream), scratch_pool(device), device};
   fusedrnn::device::DeviceBackend<CudaExec> be{
       ex, fusedrnn::device::HostSteps(lengths ? cfg.host_lengths : nullptr, cfg.batch, cfg.steps)};
-  if constexpr (is_16bit_storage_v<T>)
-    fusedrnn::device::widened_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n,
-                                                       dc_n, dx, dh0, dc0, g, accumulate);
-  else
-    core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,
-                                 g, accumulate);
+  fusedrnn::device::device_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n,
+                                             dx, dh0, dc0, g, accumulate);
 }
 
 void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint64_t* out,

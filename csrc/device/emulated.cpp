@@ -53,11 +53,8 @@ void emulated_stack_forward(const StackConfig& cfg, const StackWeights<T>* w,
                             T* h_n, T* c_n, void* reserve) {
   HostExec ex = make_exec();
   DeviceBackend<HostExec> be{ex, HostSteps(lengths, cfg.batch, cfg.steps)};
-  if constexpr (is_16bit_storage_v<T>)
-    fusedrnn::device::widened_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
-                                                      reserve);
-  else
-    core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+  fusedrnn::device::device_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n,
+                                            reserve);
 }
 
 template <class T>
@@ -67,12 +64,8 @@ void emulated_stack_backward(const StackConfig& cfg, const StackWeights<T>* w,
                              const StackGrads<T>* g, bool accumulate) {
   HostExec ex = make_exec();
   DeviceBackend<HostExec> be{ex, HostSteps(lengths, cfg.batch, cfg.steps)};
-  if constexpr (is_16bit_storage_v<T>)
-    fusedrnn::device::widened_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n,
-                                                       dc_n, dx, dh0, dc0, g, accumulate);
-  else
-    core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,
-                                 g, accumulate);
+  fusedrnn::device::device_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n,
+                                             dx, dh0, dc0, g, accumulate);
 }
 
 #define FUSEDRNN_INSTANTIATE_EMULATED(T)                                                        \

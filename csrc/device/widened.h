@@ -192,5 +192,30 @@ void widened_stack_backward(DeviceBackend<Exec>& be, const StackConfig& cfg, con
   cv.narrow_all();
 }
 
+// The device backend's stack entry points for every storage type: the stack loop itself for
+// float32/float64, through the float32 conversions above for the 16-bit types.
+template <class T, class Exec>
+void device_stack_forward(DeviceBackend<Exec>& be, const StackConfig& cfg,
+                          const StackWeights<T>* w, const int64_t* lengths, const T* x,
+                          const T* h0, const T* c0, T* y, T* h_n, T* c_n, void* reserve) {
+  if constexpr (is_16bit_storage_v<T>)
+    widened_stack_forward<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+  else
+    core::stack_forward_loop<T>(be, cfg, w, lengths, x, h0, c0, y, h_n, c_n, reserve);
+}
+
+template <class T, class Exec>
+void device_stack_backward(DeviceBackend<Exec>& be, const StackConfig& cfg,
+                           const StackWeights<T>* w, const int64_t* lengths, const T* x,
+                           const void* reserve, const T* dy, const T* dh_n, const T* dc_n, T* dx,
+                           T* dh0, T* dc0, const StackGrads<T>* g, bool accumulate) {
+  if constexpr (is_16bit_storage_v<T>)
+    widened_stack_backward<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0, g,
+                              accumulate);
+  else
+    core::stack_backward_loop<T>(be, cfg, w, lengths, x, reserve, dy, dh_n, dc_n, dx, dh0, dc0,
+                                 g, accumulate);
+}
+
 }  // namespace device
 }  // namespace fusedrnn
