@@ -72,22 +72,35 @@ def _torch_lstm_pair():
     return torch, ours, theirs, x
 
 
-def test_double_backward_raises_instead_of_dropping_a_term():
-    """Before: no error, and the d.pow(2) term was left out of the weight gradient."""
+def test_double_backward_keeps_every_term():
+    """Before: no error, and the d.pow(2) term was left out of the weight gradient. Now the
+    second-order gradient is torch.nn's (tests/test_torch_double_backward.py: gradgradcheck)."""
     torch, ours, theirs, x0 = _torch_lstm_pair()
+    got = []
     for m in (ours, theirs):
+        m.zero_grad()
         x = x0.clone().requires_grad_()
         y, _ = m(x)
         d, = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
-        if m is theirs:
-            (y.sum() + d.pow(2).sum()).backward()  # torch can: the reference behaviour
-            continue
-        with pytest.raises(RuntimeError, match="double backward"):
-            (y.sum() + d.pow(2).sum()).backward()
-        y, _ = m(x)
-        d, = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
-        with pytest.raises(RuntimeError, match="double backward"):
-            torch.autograd.grad(d.sum(), m.weight_hh_l0, allow_unused=True)
+        (y.sum() + d.pow(2).sum()).backward()
+        dd = torch.autograd.grad(torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)[0]
+                                 .pow(2).sum(), m.weight_hh_l0)[0]
+        got.append((m.weight_hh_l0.grad.clone(), x.grad.clone(), dd))
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_double_backward_of_the_original_gru_raises():
+    """reset_after=False has no torch.nn counterpart to differentiate: a clear error, not a
+    silently dropped term."""
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as ft
+    m = ft.GRU(3, 4, reset_after=False).double()
+    x = torch.randn(5, 2, 3, dtype=torch.double, requires_grad=True)
+    y, _ = m(x)
+    d, = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+    with pytest.raises(RuntimeError, match="reset_after=False"):
+        (y.sum() + d.pow(2).sum()).backward()
 
 
 def test_create_graph_first_order_values_unchanged():

@@ -203,16 +203,76 @@ def _outputs(y, h_n, c_n):
 
 
 _NO_DOUBLE_BACKWARD = (
-    "fusedrnn.torch does not support double backward: this graph differentiates the gradient "
-    "of a fusedrnn RNN (autograd.grad(..., create_graph=True) followed by a backward through "
-    "its result, e.g. a gradient penalty). Use the torch.nn class for higher-order gradients.")
+    "fusedrnn.torch cannot differentiate the gradient of a GRU with reset_after=False (torch.nn "
+    "has no such GRU whose differentiable ops it could use): this graph differentiates it "
+    "(autograd.grad(..., create_graph=True) followed by a backward through its result).")
+
+_TORCH_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+
+
+def _differentiable_stack(cfg, x, h0, c0, weights, masks):
+    """The stack's forward in torch.nn's own differentiable ops (its RNN modules, one layer at
+    a time, with fusedrnn's dropout ``masks``: (T, B, D*R) bools after each layer but the
+    last, or None), for gradients that must themselves be differentiated (double backward).
+    Returns (y, h_n, c_n or None) as the native call does."""
+    from torch.func import functional_call
+
+    w = dict(zip(cfg.names, weights))
+    D = 2 if cfg.bidirectional else 1
+    xt = x.transpose(0, 1) if cfg.batch_first else x
+    T = xt.shape[0]
+    lengths = None
+    if cfg.lengths is not None:
+        lengths = torch.as_tensor(np.asarray(cfg.lengths.cpu() if isinstance(
+            cfg.lengths, torch.Tensor) else cfg.lengths), dtype=torch.int64)
+    layer_in, h_n, c_n = xt, [], []
+    for l in range(cfg.num_layers):
+        mine = {n: t for n, t in w.items() if n.endswith(f"_l{l}") or
+                n.endswith(f"_l{l}_reverse")}
+        params = {n.replace(f"_l{l}", "_l0"): t for n, t in mine.items()}
+        w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
+        hidden = w_ih.shape[0] // {"lstm": 4, "gru": 3}.get(cfg.mode, 1)
+        kw = dict(bias="bias_ih_l0" in params, bidirectional=D == 2, device="meta",
+                  dtype=w_ih.dtype)
+        if cfg.mode == "lstm" and "weight_hr_l0" in params:
+            kw["proj_size"] = w_hh.shape[1]
+        if cfg.mode.startswith("rnn"):
+            kw["nonlinearity"] = "relu" if cfg.mode == "rnn_relu" else "tanh"
+        module = getattr(torch.nn, _TORCH_CLASS[cfg.mode])(w_ih.shape[1], hidden, 1, **kw)
+        part = slice(l * D, (l + 1) * D)
+        hx = None if h0 is None else h0[part]
+        if cfg.mode == "lstm":
+            hx = None if h0 is None and c0 is None else (
+                h0[part] if h0 is not None else None, c0[part] if c0 is not None else None)
+            if hx is not None and (hx[0] is None or hx[1] is None):  # one given: zeros for other
+                ref = next(t for t in hx if t is not None)
+                hx = tuple(t if t is not None else torch.zeros(
+                    D, ref.shape[1], (w_hh.shape[1] if i == 0 else hidden), dtype=ref.dtype,
+                    device=ref.device) for i, t in enumerate(hx))
+        inp = layer_in if lengths is None else pack_padded_sequence(layer_in, lengths,
+                                                                    enforce_sorted=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the meta module's non-contiguous-weights notice
+            out, state = functional_call(module, params, (inp, hx))
+        if lengths is not None:
+            out = pad_packed_sequence(out, total_length=T)[0]
+        h_n.append(state[0] if cfg.mode == "lstm" else state)
+        if cfg.mode == "lstm":
+            c_n.append(state[1])
+        if l < cfg.num_layers - 1 and masks is not None and masks[l] is not None:
+            p = cfg.dropout
+            out = out * torch.where(masks[l], 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).to(out)
+        layer_in = out
+    y = layer_in.transpose(0, 1) if cfg.batch_first else layer_in
+    return y, torch.cat(h_n), (torch.cat(c_n) if c_n else None)
 
 
 class _DoubleBackwardError(torch.autograd.Function):
     """Identity on the first-order gradients computed under ``create_graph=True``, attached to
     what they depend on (the forward's inputs and the incoming gradients), whose backward
-    raises. Without it those gradients would be constants to autograd and any term built on
-    them would silently contribute nothing."""
+    raises: where no differentiable recomputation exists (``_NO_DOUBLE_BACKWARD``), those
+    gradients would otherwise be constants to autograd and any term built on them would
+    silently contribute nothing."""
 
     @staticmethod
     def forward(ctx, n_grads, *tensors):
@@ -224,7 +284,13 @@ class _DoubleBackwardError(torch.autograd.Function):
 
 
 class _StackFunction(torch.autograd.Function):
-    """``(cfg, x, h0, c0, *weights) -> (y, h_n[, c_n])`` through one native stack call."""
+    """``(cfg, x, h0, c0, *weights) -> (y, h_n[, c_n])`` through one native stack call.
+
+    Backward runs fusedrnn's BPTT kernels. Under ``create_graph=True`` (the gradient will be
+    differentiated: gradient penalties, Hessian-vector products) it instead recomputes the
+    forward in torch.nn's own differentiable RNN ops with this call's dropout masks and lets
+    autograd differentiate that, so the gradients are correct and differentiable; the GRU
+    with ``reset_after=False`` (no torch.nn equivalent) raises there instead."""
 
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, *weights):
@@ -236,26 +302,29 @@ class _StackFunction(torch.autograd.Function):
         ctx.save_for_backward(x, h0, c0, nctx.reserve, *weights)
         nctx.release_arrays()
         ctx.nctx = nctx
+        ctx.cfg = cfg
         ctx.names = cfg.names
         return _outputs(y, h_n, c_n)
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         saved = ctx.saved_tensors  # raises if an input or a weight was modified in place
-        nctx = ctx.nctx
+        nctx, cfg = ctx.nctx, ctx.cfg
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled() and not (cfg.mode == "gru" and not cfg.reset_after):
+            return _StackFunction._differentiable_backward(ctx, saved, dy, dh_n, dc_n)
         nctx.restore_arrays([_detached(t) for t in saved])
         try:
             dx, dh0, dc0, grads = _F.stack_backward(nctx, _detached(dy), _detached(dh_n),
                                                     _detached(dc_n))
         finally:
             nctx.release_arrays()
-        need = ctx.needs_input_grad
         wrap = lambda a, i: a if need[i] and a is not None else None
         out = [None, wrap(dx, 1), wrap(dh0, 2), wrap(dc0, 3)]
         out += [wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)]
         if torch.is_grad_enabled():
-            # create_graph=True: the gradients must stay connected to what they depend on, and
-            # differentiating them must raise (no double backward yet), not give zero.
+            # create_graph=True without a differentiable recomputation: the gradients must stay
+            # connected to what they depend on, and differentiating them must raise, not give 0.
             sources = [t for t in (*saved, dy, dh_n, dc_n)
                        if isinstance(t, torch.Tensor) and t.requires_grad]
             at = [i for i, g in enumerate(out) if g is not None]
@@ -263,6 +332,34 @@ class _StackFunction(torch.autograd.Function):
                 linked = _DoubleBackwardError.apply(len(at), *(out[i] for i in at), *sources)
                 for i, g in zip(at, linked):
                     out[i] = g
+        return tuple(out)
+
+    @staticmethod
+    def _differentiable_backward(ctx, saved, dy, dh_n, dc_n):
+        nctx, cfg = ctx.nctx, ctx.cfg
+        x, h0, c0, reserve, *weights = saved
+        masks = None
+        if cfg.dropout > 0 and cfg.num_layers > 1:
+            nctx.restore_arrays([_detached(t) for t in saved])
+            try:
+                masks = nctx.keep_masks
+            finally:
+                nctx.release_arrays()
+        with torch.enable_grad():
+            outs = _differentiable_stack(cfg, x, h0, c0, weights, masks)
+        pairs = [(o, g) for o, g in zip(outs, (dy, dh_n, dc_n)) if o is not None and g is not None]
+        inputs = [(i, t) for i, t in enumerate((x, h0, c0, *weights), start=1)
+                  if ctx.needs_input_grad[i] and t is not None]
+        out = [None] * (4 + len(weights))
+        if pairs and inputs:
+            grads = torch.autograd.grad([o for o, _ in pairs], [t for _, t in inputs],
+                                        [g for _, g in pairs], create_graph=True,
+                                        allow_unused=True)
+            for (i, t), g in zip(inputs, grads):
+                out[i] = g if g is not None else torch.zeros_like(t)
+        else:
+            for i, t in inputs:
+                out[i] = torch.zeros_like(t)
         return tuple(out)
 
 
