@@ -21,18 +21,25 @@ __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
            "get_num_threads", "release_workspaces", "__version__"]
 
 
+# Set by set_num_threads: from then on fusedrnn.torch no longer follows torch's thread count.
+_threads_set_explicitly = False
+
+
 def set_num_threads(n: int) -> None:
     """Sets the threads used by fusedrnn's OpenMP regions and its BLAS (both, never nested).
 
     ``n`` in [1, 1024] (``ValueError`` otherwise; libgomp crashes or aborts creating tens of
     thousands). The default is ``OMP_NUM_THREADS`` (capped at 1024) or the number of cores.
     OpenMP may grant a region fewer threads (``OMP_THREAD_LIMIT``, ``OMP_DYNAMIC``, a call from
-    inside another parallel region); the kernels split their work over the threads they get."""
+    inside another parallel region); the kernels split their work over the threads they get.
+    Until this is called, ``fusedrnn.torch`` modules follow ``torch.set_num_threads``."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if not 1 <= n <= _C.MAX_THREADS:
         raise ValueError(f"set_num_threads: n must lie in [1, {_C.MAX_THREADS}], got {n}")
+    global _threads_set_explicitly
     _C.set_num_threads(n)
+    _threads_set_explicitly = True
 
 
 def get_num_threads() -> int:

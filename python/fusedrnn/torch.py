@@ -67,9 +67,12 @@ Differences from PyTorch, all deliberate:
 * A sequence of length 0 raises torch.nn's ``RuntimeError``; a batch of 0 gives empty outputs
   and a working backward, as torch.nn. Behaviours checked against both implementations:
   tests/test_torch_conformance.py.
-* First-order gradients only: differentiating a gradient of these modules (double backward,
-  e.g. ``autograd.grad(..., create_graph=True)`` then a backward through its result) raises a
-  ``RuntimeError`` rather than silently treating the gradient as a constant.
+* Second-order gradients (``autograd.grad(..., create_graph=True)`` and a backward through
+  the result: gradient penalties, Hessian-vector products): the kernels are first-order, so
+  under ``create_graph=True`` the gradient is recomputed from torch.nn's own differentiable
+  RNN ops with the call's dropout masks, at torch.nn's speed, and is differentiable. The GRU
+  with ``reset_after=False`` has no torch.nn counterpart and raises a ``RuntimeError`` there
+  (never a silently constant gradient).
 * ``torch.compile`` runs the native call eagerly (a graph break around it); TorchScript
   (``torch.jit.script``) is not supported.
 * Modifying an input or a parameter in place between forward and backward raises PyTorch's
@@ -80,12 +83,16 @@ Threads and OpenMP: fusedrnn runs its parallel regions on GNU OpenMP (``libgomp`
 its own. The Linux PyTorch wheels bundle a ``libgomp.so.1`` with the same soname as the system's,
 so in one process the dynamic loader maps only the first one loaded and both libraries share that
 single runtime and its worker threads (measured with the torch 2.13 CPU wheel, in either import
-order). fusedrnn names its thread count on every region (``fusedrnn.set_num_threads``) and does
-not change the runtime's default, so ``torch.set_num_threads`` and ``fusedrnn.set_num_threads``
-stay independent. With a PyTorch built on another OpenMP (Intel ``libiomp5``, LLVM ``libomp``:
-conda/MKL builds, macOS) the two runtimes live side by side, each with its own worker threads;
-they run one after the other (never nested), but one runtime's workers spinning after its region
-ends can take cores from the other's next region. If that shows in a profile, cap the spin time
+order). fusedrnn names its thread count on every region and does not change the runtime's
+default. The modules here run on torch's thread count: before each kernel call they take
+``torch.get_num_threads()`` as fusedrnn's count, so ``torch.set_num_threads(k)`` governs a model
+as it does a torch.nn one, and DataLoader workers (torch sets their count to 1) do not
+oversubscribe the cores; once ``fusedrnn.set_num_threads`` is called (explicitly, or through
+``threadpoolctl``), fusedrnn's own count holds instead. With a PyTorch built on another
+OpenMP (Intel ``libiomp5``, LLVM ``libomp``: conda/MKL builds, macOS) the two runtimes live
+side by side, each with its own worker threads; they run one after the other (never nested),
+but one runtime's workers spinning after its region ends can take cores from the other's next
+region. If that shows in a profile, cap the spin time
 (``OMP_WAIT_POLICY=passive``, ``KMP_BLOCKTIME=0``) or give each fewer threads. Called from
 inside torch's intra-op parallel region, fusedrnn gets (and correctly uses) a one-thread team.
 ``DataLoader`` workers and other forked children work after the parent ran fusedrnn: multi-
@@ -184,9 +191,22 @@ class _Config:
             setattr(self, k, v)
 
 
+def _follow_torch_threads():
+    """fusedrnn.torch runs on torch's intra-op thread count (``torch.set_num_threads``;
+    DataLoader workers set it to 1) until ``fusedrnn.set_num_threads`` is called, after which
+    fusedrnn's own count holds. Checked before every kernel call; a change costs one store."""
+    import fusedrnn
+    if fusedrnn._threads_set_explicitly:
+        return
+    n = max(1, min(torch.get_num_threads(), fusedrnn._C.MAX_THREADS))
+    if n != fusedrnn._C.get_num_threads():
+        fusedrnn._C.set_num_threads(n)
+
+
 def _native_forward(cfg, x, h0, c0, weights, training):
     """One native stack call on tensors: outputs (and, training, the reserve in the returned
     context) are torch tensors from torch's allocator."""
+    _follow_torch_threads()
     params = {n: _detached(w) for n, w in zip(cfg.names, weights)}
     return _F.stack_forward(cfg.mode, _detached(x), params, num_layers=cfg.num_layers,
                             bidirectional=cfg.bidirectional, h0=_detached(h0),
@@ -315,6 +335,7 @@ class _StackFunction(torch.autograd.Function):
             return _StackFunction._differentiable_backward(ctx, saved, dy, dh_n, dc_n)
         nctx.restore_arrays([_detached(t) for t in saved])
         try:
+            _follow_torch_threads()
             dx, dh0, dc0, grads = _F.stack_backward(nctx, _detached(dy), _detached(dh_n),
                                                     _detached(dc_n))
         finally:
