@@ -111,8 +111,9 @@ import torch
 from torch.nn import Parameter, init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fusedrnn import _torch_ops  # noqa: F401 (registers torch.ops.fusedrnn.*)
 from fusedrnn import cuda as _cuda
-from fusedrnn import functional as _F
+from fusedrnn._torch_ops import _Config
 from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSpecFields,
                            reject_proj_size,
                            rnn_mode, split_state)
@@ -125,16 +126,6 @@ _CUDA_16BIT = (torch.bfloat16, torch.float16)  # stored in 16 bits, computed in 
 
 # --------------------------------------------------------------------------------------------
 # tensors <-> arrays
-
-
-def _detached(t):
-    """The tensor as the kernels take it: detached (DLPack refuses tensors that require grad)
-    and, on a CUDA device, contiguous (the native side copies strided host arrays itself, but
-    makes no device copies; autograd hands expanded gradients to backward)."""
-    if t is None:
-        return None
-    t = t.detach()
-    return t if t.device.type == "cpu" else t.contiguous()
 
 
 def _check_tensors(owner, tensors, cell=False):
@@ -180,234 +171,31 @@ def _check_tensors(owner, tensors, cell=False):
                                f"all tensors must share one dtype")
 
 
-class _Config:
-    """What one native stack call needs besides the tensors."""
-
-    __slots__ = ("mode", "names", "num_layers", "bidirectional", "batch_first", "dropout",
-                 "seed", "reset_after", "lengths")
-
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
-
-
-def _follow_torch_threads():
-    """fusedrnn.torch runs on torch's intra-op thread count (``torch.set_num_threads``;
-    DataLoader workers set it to 1) until ``fusedrnn.set_num_threads`` is called, after which
-    fusedrnn's own count holds. Checked before every kernel call; a change costs one store."""
-    import fusedrnn
-    if fusedrnn._threads_set_explicitly:
-        return
-    n = max(1, min(torch.get_num_threads(), fusedrnn._C.MAX_THREADS))
-    if n != fusedrnn._C.get_num_threads():
-        fusedrnn._C.set_num_threads(n)
-
-
-def _native_forward(cfg, x, h0, c0, weights, training):
-    """One native stack call on tensors: outputs (and, training, the reserve in the returned
-    context) are torch tensors from torch's allocator."""
-    _follow_torch_threads()
-    params = {n: _detached(w) for n, w in zip(cfg.names, weights)}
-    return _F.stack_forward(cfg.mode, _detached(x), params, num_layers=cfg.num_layers,
-                            bidirectional=cfg.bidirectional, h0=_detached(h0),
-                            c0=_detached(c0), lengths=cfg.lengths,
-                            batch_first=cfg.batch_first, dropout=cfg.dropout, seed=cfg.seed,
-                            reset_after=cfg.reset_after, training=training,
-                            # in-place changes are caught by autograd's version counters
-                            # (save_for_backward below), as for torch.nn
-                            check_inplace=False)
-
-
-def _outputs(y, h_n, c_n):
-    return (y, h_n) if c_n is None else (y, h_n, c_n)
-
-
-_NO_DOUBLE_BACKWARD = (
-    "fusedrnn.torch cannot differentiate the gradient of a GRU with reset_after=False (torch.nn "
-    "has no such GRU whose differentiable ops it could use): this graph differentiates it "
-    "(autograd.grad(..., create_graph=True) followed by a backward through its result).")
-
-_TORCH_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
-
-
-def _differentiable_stack(cfg, x, h0, c0, weights, masks):
-    """The stack's forward in torch.nn's own differentiable ops (its RNN modules, one layer at
-    a time, with fusedrnn's dropout ``masks``: (T, B, D*R) bools after each layer but the
-    last, or None), for gradients that must themselves be differentiated (double backward).
-    Returns (y, h_n, c_n or None) as the native call does."""
-    from torch.func import functional_call
-
-    w = dict(zip(cfg.names, weights))
-    D = 2 if cfg.bidirectional else 1
-    xt = x.transpose(0, 1) if cfg.batch_first else x
-    T = xt.shape[0]
-    lengths = None
-    if cfg.lengths is not None:
-        lengths = torch.as_tensor(np.asarray(cfg.lengths.cpu() if isinstance(
-            cfg.lengths, torch.Tensor) else cfg.lengths), dtype=torch.int64)
-    layer_in, h_n, c_n = xt, [], []
-    for l in range(cfg.num_layers):
-        mine = {n: t for n, t in w.items() if n.endswith(f"_l{l}") or
-                n.endswith(f"_l{l}_reverse")}
-        params = {n.replace(f"_l{l}", "_l0"): t for n, t in mine.items()}
-        w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
-        hidden = w_ih.shape[0] // {"lstm": 4, "gru": 3}.get(cfg.mode, 1)
-        kw = dict(bias="bias_ih_l0" in params, bidirectional=D == 2, device="meta",
-                  dtype=w_ih.dtype)
-        if cfg.mode == "lstm" and "weight_hr_l0" in params:
-            kw["proj_size"] = w_hh.shape[1]
-        if cfg.mode.startswith("rnn"):
-            kw["nonlinearity"] = "relu" if cfg.mode == "rnn_relu" else "tanh"
-        module = getattr(torch.nn, _TORCH_CLASS[cfg.mode])(w_ih.shape[1], hidden, 1, **kw)
-        part = slice(l * D, (l + 1) * D)
-        hx = None if h0 is None else h0[part]
-        if cfg.mode == "lstm":
-            hx = None if h0 is None and c0 is None else (
-                h0[part] if h0 is not None else None, c0[part] if c0 is not None else None)
-            if hx is not None and (hx[0] is None or hx[1] is None):  # one given: zeros for other
-                ref = next(t for t in hx if t is not None)
-                hx = tuple(t if t is not None else torch.zeros(
-                    D, ref.shape[1], (w_hh.shape[1] if i == 0 else hidden), dtype=ref.dtype,
-                    device=ref.device) for i, t in enumerate(hx))
-        inp = layer_in if lengths is None else pack_padded_sequence(layer_in, lengths,
-                                                                    enforce_sorted=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the meta module's non-contiguous-weights notice
-            out, state = functional_call(module, params, (inp, hx))
-        if lengths is not None:
-            out = pad_packed_sequence(out, total_length=T)[0]
-        h_n.append(state[0] if cfg.mode == "lstm" else state)
-        if cfg.mode == "lstm":
-            c_n.append(state[1])
-        if l < cfg.num_layers - 1 and masks is not None and masks[l] is not None:
-            p = cfg.dropout
-            out = out * torch.where(masks[l], 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).to(out)
-        layer_in = out
-    y = layer_in.transpose(0, 1) if cfg.batch_first else layer_in
-    return y, torch.cat(h_n), (torch.cat(c_n) if c_n else None)
-
-
-class _DoubleBackwardError(torch.autograd.Function):
-    """Identity on the first-order gradients computed under ``create_graph=True``, attached to
-    what they depend on (the forward's inputs and the incoming gradients), whose backward
-    raises: where no differentiable recomputation exists (``_NO_DOUBLE_BACKWARD``), those
-    gradients would otherwise be constants to autograd and any term built on them would
-    silently contribute nothing."""
-
-    @staticmethod
-    def forward(ctx, n_grads, *tensors):
-        return tuple(g.view_as(g) for g in tensors[:n_grads])
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(_NO_DOUBLE_BACKWARD)
-
-
-class _StackFunction(torch.autograd.Function):
-    """``(cfg, x, h0, c0, *weights) -> (y, h_n[, c_n])`` through one native stack call.
-
-    Backward runs fusedrnn's BPTT kernels. Under ``create_graph=True`` (the gradient will be
-    differentiated: gradient penalties, Hessian-vector products) it instead recomputes the
-    forward in torch.nn's own differentiable RNN ops with this call's dropout masks and lets
-    autograd differentiate that, so the gradients are correct and differentiable; the GRU
-    with ``reset_after=False`` (no torch.nn equivalent) raises there instead."""
-
-    @staticmethod
-    def forward(ctx, cfg, x, h0, c0, *weights):
-        y, h_n, c_n, nctx = _native_forward(cfg, x, h0, c0, weights, training=True)
-        ctx.set_materialize_grads(False)  # unused outputs arrive as None: the kernel's zeros
-        # The training state is a tensor saved like the inputs (autograd frees it with the
-        # graph and checks the inputs' version counters for in-place changes); the native
-        # context keeps only the call's configuration in between.
-        ctx.save_for_backward(x, h0, c0, nctx.reserve, *weights)
-        nctx.release_arrays()
-        ctx.nctx = nctx
-        ctx.cfg = cfg
-        ctx.names = cfg.names
-        return _outputs(y, h_n, c_n)
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n=None):
-        saved = ctx.saved_tensors  # raises if an input or a weight was modified in place
-        nctx, cfg = ctx.nctx, ctx.cfg
-        need = ctx.needs_input_grad
-        if torch.is_grad_enabled() and not (cfg.mode == "gru" and not cfg.reset_after):
-            return _StackFunction._differentiable_backward(ctx, saved, dy, dh_n, dc_n)
-        nctx.restore_arrays([_detached(t) for t in saved])
-        try:
-            _follow_torch_threads()
-            dx, dh0, dc0, grads = _F.stack_backward(nctx, _detached(dy), _detached(dh_n),
-                                                    _detached(dc_n))
-        finally:
-            nctx.release_arrays()
-        wrap = lambda a, i: a if need[i] and a is not None else None
-        out = [None, wrap(dx, 1), wrap(dh0, 2), wrap(dc0, 3)]
-        out += [wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)]
-        if torch.is_grad_enabled():
-            # create_graph=True without a differentiable recomputation: the gradients must stay
-            # connected to what they depend on, and differentiating them must raise, not give 0.
-            sources = [t for t in (*saved, dy, dh_n, dc_n)
-                       if isinstance(t, torch.Tensor) and t.requires_grad]
-            at = [i for i, g in enumerate(out) if g is not None]
-            if sources and at:
-                linked = _DoubleBackwardError.apply(len(at), *(out[i] for i in at), *sources)
-                for i, g in zip(at, linked):
-                    out[i] = g
-        return tuple(out)
-
-    @staticmethod
-    def _differentiable_backward(ctx, saved, dy, dh_n, dc_n):
-        nctx, cfg = ctx.nctx, ctx.cfg
-        x, h0, c0, reserve, *weights = saved
-        masks = None
-        if cfg.dropout > 0 and cfg.num_layers > 1:
-            nctx.restore_arrays([_detached(t) for t in saved])
-            try:
-                masks = nctx.keep_masks
-            finally:
-                nctx.release_arrays()
-        with torch.enable_grad():
-            outs = _differentiable_stack(cfg, x, h0, c0, weights, masks)
-        pairs = [(o, g) for o, g in zip(outs, (dy, dh_n, dc_n)) if o is not None and g is not None]
-        inputs = [(i, t) for i, t in enumerate((x, h0, c0, *weights), start=1)
-                  if ctx.needs_input_grad[i] and t is not None]
-        out = [None] * (4 + len(weights))
-        if pairs and inputs:
-            grads = torch.autograd.grad([o for o, _ in pairs], [t for _, t in inputs],
-                                        [g for _, g in pairs], create_graph=True,
-                                        allow_unused=True)
-            for (i, t), g in zip(inputs, grads):
-                out[i] = g if g is not None else torch.zeros_like(t)
-        else:
-            for i, t in inputs:
-                out[i] = torch.zeros_like(t)
-        return tuple(out)
-
-
-def _compiler_disable(fn):
-    """``torch.compile`` runs the native call eagerly (a graph break), without a warning."""
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(fn) if disable is not None else fn
-
-
-@_compiler_disable
-def _run_stack(cfg, x, h0, c0, weights, dropout_active):
-    """Runs the stack; goes through autograd only when a gradient is needed."""
+def _run_stack(cfg, x, h0, c0, weights, dropout_active, seed=None):
+    """Runs the stack through the custom operator (fusedrnn/_torch_ops.py), which autograd
+    differentiates where a gradient is needed. Returns (y, h_n, c_n or None)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
-    if needs_grad:
-        out = _StackFunction.apply(cfg, x, h0, c0, *weights)
-    else:
+    lengths = cfg.lengths
+    if isinstance(lengths, np.ndarray):
+        lengths = torch.from_numpy(lengths)
+    y, h_n, c_n, _ = torch.ops.fusedrnn.stack_forward(
+        x, h0, c0, list(weights), lengths, seed if seed is not None else _NO_SEED,
+        cfg.mode, cfg.num_layers, cfg.bidirectional, cfg.batch_first, cfg.dropout,
+        cfg.reset_after, "bias_ih_l0" in cfg.names, "weight_hr_l0" in cfg.names,
         # dropout needs the kernel's training mode even when no gradient is wanted (as in
         # torch.nn.LSTM under torch.no_grad() in train mode)
-        out = _outputs(*_native_forward(cfg, x, h0, c0, weights,
-                                             training=dropout_active)[:3])
-    return out if len(out) == 3 else (out[0], out[1], None)
+        needs_grad or dropout_active)
+    return y, h_n, (c_n if cfg.mode == "lstm" else None)
+
+
+_NO_SEED = torch.zeros((), dtype=torch.int64)
 
 
 def _draw_seed():
-    """One draw from PyTorch's default generator (so torch.manual_seed controls dropout)."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    """One draw from PyTorch's default generator (so torch.manual_seed controls dropout), as a
+    0-d tensor: it stays in a compiled graph."""
+    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,8 +291,7 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
                                           batch_first=False)
             # lens is on the CPU (as torch keeps batch_sizes); a device call takes its lengths
             # on x's device
-            lengths = (lens.numpy().astype(np.int64) if x.device.type == "cpu"
-                       else lens.to(device=x.device, dtype=torch.int64))
+            lengths = lens.to(device=x.device, dtype=torch.int64)
             batch_first = False
             if sorted_indices is not None:
                 h0 = None if h0 is None else h0.index_select(1, sorted_indices)
@@ -522,9 +309,9 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
         cfg = _Config(mode=spec.mode, names=tuple(self._flat_weights_names),
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional,
                       batch_first=batch_first, dropout=spec.dropout if dropout_active else 0.0,
-                      seed=_draw_seed() if dropout_active else 0,
-                      reset_after=spec.reset_after, lengths=lengths)
-        y, h_n, c_n = _run_stack(cfg, x, h0, c0 if is_lstm else None, weights, dropout_active)
+                      seed=0, reset_after=spec.reset_after, lengths=lengths)
+        y, h_n, c_n = _run_stack(cfg, x, h0, c0 if is_lstm else None, weights, dropout_active,
+                                 _draw_seed() if dropout_active else None)
 
         if packed:
             out_data = pack_padded_sequence(y, lens, batch_first=False, enforce_sorted=True).data
