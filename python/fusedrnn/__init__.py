@@ -1,8 +1,8 @@
 """fusedrnn: fused LSTM, GRU and vanilla-RNN kernels (forward and BPTT) for NumPy.
 
 Submodules: :mod:`fusedrnn.functional` (native kernels on arrays),
-:mod:`fusedrnn.reference` (the pure-NumPy specification) and :mod:`fusedrnn.cuda` (whether the
-CUDA backend is built and usable here).
+:mod:`fusedrnn.reference` (the pure-NumPy specification), :mod:`fusedrnn.cuda` (whether the
+CUDA backend is built and usable here) and :mod:`fusedrnn.keras` (:func:`from_keras`).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
@@ -10,13 +10,14 @@ from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from fusedrnn._loader import _C
 from fusedrnn import cuda, functional, reference
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
+from fusedrnn.keras import from_keras  # reads Keras layers duck-typed: never imports keras
 
 try:
     __version__ = _pkg_version("fusedrnn")
 except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "from_keras",
            "cuda", "functional", "reference", "show_config", "config", "set_num_threads",
            "get_num_threads", "release_workspaces", "__version__"]
 
