@@ -8,7 +8,8 @@ CUDA backend is built and usable here) and :mod:`fusedrnn.keras` (:func:`from_ke
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 
 from fusedrnn._loader import _C
-from fusedrnn import cuda, functional, reference
+from fusedrnn import _threadpoolctl, cuda, functional, reference
+from fusedrnn._threadpoolctl import register_threadpoolctl
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 from fusedrnn.keras import from_keras  # reads Keras layers duck-typed: never imports keras
 
@@ -19,7 +20,11 @@ except PackageNotFoundError:  # running from a source tree without metadata
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "from_keras",
            "cuda", "functional", "reference", "show_config", "config", "set_num_threads",
-           "get_num_threads", "release_workspaces", "__version__"]
+           "get_num_threads", "release_workspaces", "register_threadpoolctl", "__version__"]
+
+# threadpoolctl sees fusedrnn's threads as soon as it is imported, before or after fusedrnn,
+# without fusedrnn importing it (fusedrnn/_threadpoolctl.py).
+_threadpoolctl.install()
 
 
 # Set by set_num_threads: from then on fusedrnn.torch no longer follows torch's thread count.
