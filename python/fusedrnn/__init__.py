@@ -1,14 +1,15 @@
 """fusedrnn: fused LSTM, GRU and vanilla-RNN kernels (forward and BPTT) for NumPy.
 
 Submodules: :mod:`fusedrnn.functional` (native kernels on arrays),
-:mod:`fusedrnn.reference` (the pure-NumPy specification) and :mod:`fusedrnn.cuda` (whether the
-CUDA backend is built and usable here).
+:mod:`fusedrnn.reference` (the pure-NumPy specification), :mod:`fusedrnn.cuda` (whether the
+CUDA backend is built and usable here) and :mod:`fusedrnn.onnx` (ONNX export and import of the
+stacks; it imports the optional ``onnx`` package only when called).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 
 from fusedrnn._loader import _C
-from fusedrnn import cuda, functional, reference
+from fusedrnn import cuda, functional, onnx, reference
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 
 try:
@@ -17,7 +18,7 @@ except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch",
-           "cuda", "functional", "reference", "show_config", "config", "set_num_threads",
+           "cuda", "functional", "onnx", "reference", "show_config", "config", "set_num_threads",
            "get_num_threads", "release_workspaces", "__version__"]
 
 
