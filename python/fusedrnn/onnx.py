@@ -523,7 +523,8 @@ def load(model: Union[PathLike, bytes, "onnx_pkg.ModelProto"]) -> "Union[LSTM, G
             raise ValueError(f"{lay['where']}: input size {lay['I']} is not the previous "
                              f"layer's output width D*hidden_size = {first['D'] * first['H']}")
         glue, source = _trace(g, node.input[0])
-        if source is None or source[0] is not nodes[i - 1] or source[1] != 0:
+        if (source is None or source[1] != 0
+                or list(source[0].output) != list(nodes[i - 1].output)):
             raise ValueError(f"{lay['where']}: its input X does not come from the previous "
                              f"recurrent node's output Y")
         _check_interlayer(onnx, g, glue, first["D"], first["H"], lay["where"])
