@@ -9,9 +9,9 @@ Peers (one configuration at a time, each peer's calls in one block -- see
   one layer, ``stack_forward``/``stack_backward`` for the 2-layer bidirectional LSTM;
 * ``torch``     -- ``torch.nn.LSTM / GRU / RNN(tanh)`` on the CPU (inference under no_grad);
 * ``ort``       -- ONNX Runtime CPU, inference only: a graph of ONNX ``LSTM`` / ``GRU``
-  (``linear_before_reset=1``) / ``RNN`` (Tanh) nodes built with ``onnx.helper``; the weight
-  blocks are permuted from PyTorch's gate order (LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h),
-  ``B = [Wb, Rb]``, no ``sequence_lens``; session with ``intra_op_num_threads`` = threads,
+  (``linear_before_reset=1``) / ``RNN`` (Tanh) nodes built by ``fusedrnn.onnx.build_model``
+  (the weight blocks permuted from PyTorch's gate order, LSTM i,f,g,o -> i,o,f,c; GRU r,z,n ->
+  z,r,h; ``B = [Wb, Rb]``), no ``sequence_lens``; session with ``intra_op_num_threads`` = threads,
   ``inter_op_num_threads`` = 1, sequential execution;
 * ``numpy_ref`` -- :mod:`fusedrnn.reference` (pure NumPy, slow: 1-3 timed calls), with NumPy's
   own BLAS limited to the same thread count through threadpoolctl when it is installed.
@@ -385,73 +385,19 @@ def torch_gradients(d):
 # ONNX Runtime
 # ------------------------------------------------------------------------------------------
 
-ONNX_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
-# ONNX gate block k comes from PyTorch's block ONNX_FROM_TORCH[cell][k]:
-# LSTM torch (i, f, g, o) -> onnx (i, o, f, c); GRU torch (r, z, n) -> onnx (z, r, h).
-ONNX_FROM_TORCH = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn_tanh": [0]}
-ONNX_OPSET, ONNX_IR_VERSION = 17, 8
-
-
-def onnx_layer_weights(case, params, layer):
-    """W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] of one layer, gate blocks in ONNX order."""
-    order = ONNX_FROM_TORCH[case.cell]
-
-    def reorder(a):
-        return a.reshape(case.G, case.H, *a.shape[1:])[order].reshape(a.shape)
-    W, R, Bias = [], [], []
-    for d in range(case.directions):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        W.append(reorder(params["weight_ih" + sfx]))
-        R.append(reorder(params["weight_hh" + sfx]))
-        Bias.append(np.concatenate([reorder(params["bias_ih" + sfx]),
-                                    reorder(params["bias_hh" + sfx])]))
-    return [np.ascontiguousarray(np.stack(a)) for a in (W, R, Bias)]
-
-
-def onnx_layer_node(case, layer, x_name):
-    """The ONNX RNN/GRU/LSTM node of one layer: outputs Y{l} [T, D, B, H], h_n{l}, c_n{l}."""
-    l, lstm = layer, case.cell == "lstm"
-    inputs = [x_name, f"W{l}", f"R{l}", f"B{l}", "", f"h0_l{l}"] + ([f"c0_l{l}"] if lstm else [])
-    outputs = [f"Y{l}", f"h_n{l}"] + ([f"c_n{l}"] if lstm else [])
-    attrs = {"hidden_size": case.H,
-             "direction": "bidirectional" if case.directions == 2 else "forward"}
-    if case.cell == "gru":
-        attrs["linear_before_reset"] = 1
-    if case.cell == "rnn_tanh":
-        attrs["activations"] = ["Tanh"] * case.directions
-    return onnx.helper.make_node(ONNX_OPS[case.cell], inputs, outputs, name=f"rnn{l}", **attrs)
+ONNX_OPSET = 17
 
 
 def onnx_model(case, params):
-    """An ONNX model of the whole network: inputs x, h0_l{l}, c0_l{l}; outputs y (T, B, D*H),
-    h_n{l}, c_n{l} (D, B, H) per layer. Between layers Y [T, D, B, H] is transposed to
-    [T, B, D, H] and reshaped to [T, B, D*H] (torch's layout)."""
-    h, TP = onnx.helper, onnx.TensorProto
-    T, B, H, D = case.T, case.B, case.H, case.directions
-    state = lambda name: h.make_tensor_value_info(name, TP.FLOAT, [D, B, H])
-    inits = [onnx.numpy_helper.from_array(np.array([0, 0, -1], np.int64), "y_shape")]
-    inputs = [h.make_tensor_value_info("x", TP.FLOAT, [T, B, case.I])]
-    outputs, nodes, x_name = [], [], "x"
-    for l in range(case.layers):
-        for name, a in zip(("W", "R", "B"), onnx_layer_weights(case, params, l)):
-            inits.append(onnx.numpy_helper.from_array(a, f"{name}{l}"))
-        inputs.append(state(f"h0_l{l}"))
-        outputs.append(state(f"h_n{l}"))
-        if case.cell == "lstm":
-            inputs.append(state(f"c0_l{l}"))
-            outputs.append(state(f"c_n{l}"))
-        y_name = "y" if l == case.layers - 1 else f"y{l}"
-        nodes += [onnx_layer_node(case, l, x_name),
-                  h.make_node("Transpose", [f"Y{l}"], [f"Yt{l}"], perm=[0, 2, 1, 3]),
-                  h.make_node("Reshape", [f"Yt{l}", "y_shape"], [y_name])]
-        x_name = y_name
-    outputs.insert(0, h.make_tensor_value_info("y", TP.FLOAT, [T, B, D * H]))
-    graph = h.make_graph(nodes, f"{case.cell}_{case.net()}", inputs, outputs, inits)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", ONNX_OPSET)],
-                         producer_name="fusedrnn-bench")
-    model.ir_version = ONNX_IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    """An ONNX model of the whole network, built by fusedrnn.onnx.build_model (one ONNX node per
+    layer, gate blocks permuted from PyTorch's order there): inputs x (T, B, I), h0 and c0
+    (L*D, B, H); outputs y (T, B, D*H), h_n and c_n (L*D, B, H). Between layers Y [T, D, B, H]
+    is transposed to [T, B, D, H] and reshaped to [T, B, D*H] (torch's layout); a stack's
+    states are sliced per layer from h0/c0 and concatenated into h_n/c_n in the graph."""
+    return fusedrnn.onnx.build_model(
+        case.cell, params, num_layers=case.layers, bidirectional=case.directions == 2,
+        opset=ONNX_OPSET, initial_states=True, seq_len=case.T, batch=case.B,
+        graph_name=f"{case.cell}_{case.net()}", producer_name="fusedrnn-bench")
 
 
 def ort_session(model_bytes, threads):
@@ -466,14 +412,11 @@ class OrtPeer:
     """An ORT session of the case's network, its feeds and the output names."""
 
     def __init__(self, d, model_bytes, threads):
-        case, D = d.case, d.case.directions
-        self.case = case
+        self.case = d.case
         self.sess = ort_session(model_bytes, threads)
-        self.feeds = {"x": d.x}
-        for l in range(case.layers):
-            self.feeds[f"h0_l{l}"] = np.ascontiguousarray(d.h0[l * D:(l + 1) * D])
-            if case.cell == "lstm":
-                self.feeds[f"c0_l{l}"] = np.ascontiguousarray(d.c0[l * D:(l + 1) * D])
+        self.feeds = {"x": d.x, "h0": d.h0}
+        if d.c0 is not None:
+            self.feeds["c0"] = d.c0
         self.names = [o.name for o in self.sess.get_outputs()]
 
     def run(self):
@@ -482,11 +425,7 @@ class OrtPeer:
     def outputs(self):
         """(y, h_n, c_n or None) with h_n, c_n as (L*D, B, H)."""
         out = dict(zip(self.names, self.run()))
-        L = self.case.layers
-        h_n = np.concatenate([out[f"h_n{l}"] for l in range(L)])
-        c_n = (np.concatenate([out[f"c_n{l}"] for l in range(L)])
-               if self.case.cell == "lstm" else None)
-        return out["y"], h_n, c_n
+        return out["y"], out["h_n"], out.get("c_n")
 
 
 # ------------------------------------------------------------------------------------------

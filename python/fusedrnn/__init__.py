@@ -2,13 +2,15 @@
 
 Submodules: :mod:`fusedrnn.functional` (native kernels on arrays),
 :mod:`fusedrnn.reference` (the pure-NumPy specification), :mod:`fusedrnn.cuda` (whether the
-CUDA backend is built and usable here) and :mod:`fusedrnn.keras` (:func:`from_keras`).
+CUDA backend is built and usable here), :mod:`fusedrnn.keras` (:func:`from_keras`) and
+:mod:`fusedrnn.onnx` (ONNX export and import of the stacks; it imports the optional ``onnx``
+package only when called).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 
 from fusedrnn._loader import _C
-from fusedrnn import _threadpoolctl, cuda, functional, reference
+from fusedrnn import _threadpoolctl, cuda, functional, onnx, reference
 from fusedrnn._threadpoolctl import register_threadpoolctl
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 from fusedrnn.keras import from_keras  # reads Keras layers duck-typed: never imports keras
@@ -19,7 +21,7 @@ except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "from_keras",
-           "cuda", "functional", "reference", "show_config", "config", "set_num_threads",
+           "cuda", "functional", "onnx", "reference", "show_config", "config", "set_num_threads",
            "get_num_threads", "release_workspaces", "register_threadpoolctl", "__version__"]
 
 # threadpoolctl sees fusedrnn's threads as soon as it is imported, before or after fusedrnn,

@@ -57,7 +57,13 @@ def _controller_class(tpc):
 
         def set_num_threads(self, num_threads):
             set_ = getattr(self.dynlib, "fusedrnn_set_num_threads", None)
-            return None if set_ is None else set_(int(num_threads))
+            if set_ is None:
+                return None
+            # an explicit count, as fusedrnn.set_num_threads: fusedrnn.torch stops following
+            # torch's count from here on
+            import fusedrnn
+            fusedrnn._threads_set_explicitly = True
+            return set_(int(num_threads))
 
         def get_version(self):
             version = getattr(self.dynlib, "fusedrnn_version", None)
