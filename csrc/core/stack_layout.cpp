@@ -13,8 +13,9 @@ StateLayout stack_state_layout(const StackConfig& cfg, size_t elem_size) {
   const size_t S = size_t(cell_info(cfg.kind).saved);
   const size_t LD = size_t(cfg.layers * cfg.dirs), L = size_t(cfg.layers);
   auto take = [&](size_t bytes) {  // 64-byte aligned pieces: whole cache lines per piece
-    const size_t off = lay.bytes;
-    lay.bytes += (bytes + 63) / 64 * 64;
+    const size_t off = lay.bytes, padded = (bytes + 63) / 64 * 64;
+    if (padded > bytes) lay.padding.emplace_back(off + bytes, padded - bytes);
+    lay.bytes += padded;
     return off;
   };
   for (size_t k = 0; k < LD; ++k) {

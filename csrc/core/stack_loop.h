@@ -11,6 +11,7 @@
 //   dropout_draw(uint8_t* keep, n, p, seed, layer)        keep-bits of core/dropout.h
 //   dropout_scale(T* a, const uint8_t* keep, n, p)        a *= keep / (1 - p)
 //   scratch<T>(n)                                         a buffer of n T's, freed on scope exit
+//   zero_padding(void* reserve, padding)                  zeroes StateLayout::padding
 //   stream()                                              the stream for ForwardParams/BackwardParams
 #include <cstdint>
 
@@ -54,6 +55,7 @@ void stack_forward_loop(Backend& be, const StackConfig& cfg, const StackWeights<
   const int64_t L = cfg.layers, D = cfg.dirs, DR = D * R, I = cfg.input;
   const bool training = cfg.training;
   const StateLayout lay = stack_state_layout(cfg, sizeof(T));
+  if (training && !lay.padding.empty()) be.zero_padding(reserve, lay.padding);
 
   // Layer-0 input, time-major: x itself, or a copy (kept in the reserve when training).
   const T* in = x;

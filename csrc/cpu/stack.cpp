@@ -61,6 +61,11 @@ struct CpuBackend {
         std::memcpy(dst + (j * a + i) * c, src + (i * b + j) * c, sizeof(T) * c);
   }
 
+  void zero_padding(void* reserve, const std::vector<std::pair<size_t, size_t>>& padding) {
+    for (const auto& [offset, bytes] : padding)
+      std::memset(static_cast<char*>(reserve) + offset, 0, bytes);
+  }
+
   void dropout_draw(uint8_t* keep, int64_t n, double p, uint64_t seed, int64_t layer) {
     const uint64_t stream = dropout_stream(seed, layer);
     const int nt = get_num_threads();

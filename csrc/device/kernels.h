@@ -206,6 +206,20 @@ struct SwapLeadingAxes {
   }
 };
 
+// Zeros of up to kMax byte ranges of one buffer (the reserve's alignment padding) in one
+// launch: element i is byte i - first[k] of the range k whose [first[k], first[k+1]) holds it.
+struct ZeroByteRanges {
+  static constexpr int kMax = 16;
+  uint8_t* base;
+  int64_t offset[kMax], first[kMax];
+  int count;
+  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
+    int k = 0;
+    while (k + 1 < count && i >= first[k + 1]) ++k;
+    base[offset[k] + (i - first[k])] = 0;
+  }
+};
+
 // ---- Dropout (core/dropout.h: the same keep-bits as the CPU for a seed) -----------------------
 
 struct DropoutDraw {

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "core/grad_recipe.h"
 #include "core/registry.h"
@@ -305,6 +306,19 @@ struct DeviceBackend {
   void swap_leading_axes(const T* src, T* dst, int64_t a, int64_t b, int64_t c) {
     if (a * b * c > 0)
       ex.launch("swap leading axes", a * b * c, SwapLeadingAxes<T>{src, dst, a, b, c});
+  }
+
+  void zero_padding(void* reserve, const std::vector<std::pair<size_t, size_t>>& padding) {
+    for (size_t first = 0; first < padding.size(); first += ZeroByteRanges::kMax) {
+      ZeroByteRanges f{static_cast<uint8_t*>(reserve), {}, {}, 0};
+      int64_t total = 0;
+      for (size_t k = first; k < padding.size() && f.count < ZeroByteRanges::kMax; ++k) {
+        f.offset[f.count] = int64_t(padding[k].first);
+        f.first[f.count++] = total;
+        total += int64_t(padding[k].second);
+      }
+      ex.launch("zero padding", total, f);
+    }
   }
 
   void dropout_draw(uint8_t* keep, int64_t n, double p, uint64_t seed, int64_t layer) {

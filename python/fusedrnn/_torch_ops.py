@@ -169,10 +169,16 @@ _CONFIG = ("mode", "num_layers", "bidirectional", "batch_first", "dropout", "res
 def _setup_context(ctx, inputs, output):
     x, h0, c0, weights, lengths, seed, *config, training = inputs
     ctx.config = dict(zip(_CONFIG, config))
+    ctx.training = training  # else the reserve is empty (decided here: its size is unbacked
+    # to a tracer, which cannot branch on it)
     ctx.n_weights = len(weights)
     ctx.has_h0, ctx.has_c0, ctx.has_lengths = h0 is not None, c0 is not None, lengths is not None
     present = [t for t in (x, h0, c0, lengths) if t is not None]
     ctx.save_for_backward(*present, output[3], *weights)
+
+
+def _maybe_detach(t):
+    return None if t is None else t.detach()
 
 
 def _unpack(ctx):
@@ -190,6 +196,14 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
     cfg = ctx.config
     if cfg["mode"] != "lstm":
         dc_n = None
+    if not ctx.training:
+        # the forward ran with training=False (no state kept; its layers saw no dropout):
+        # recompute it with its training state, then differentiate as usual
+        cfg = dict(cfg, dropout=0.0)
+        ctx.config = cfg
+        reserve = torch.ops.fusedrnn.stack_forward(
+            x.detach(), _maybe_detach(h0), _maybe_detach(c0), [w.detach() for w in weights],
+            lengths, torch.zeros((), dtype=torch.int64), *(cfg[k] for k in _CONFIG), True)[3]
     if torch.is_grad_enabled() and not (cfg["mode"] == "gru" and not cfg["reset_after"]):
         return _differentiable_backward(ctx, x, h0, c0, lengths, reserve, weights, dy, dh_n,
                                         dc_n)

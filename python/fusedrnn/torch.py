@@ -23,9 +23,10 @@ input's ``sorted_indices``/``unsorted_indices``, and ``h_n``/``c_n`` come back i
 batch order). ``GRU``/``GRUCell`` take one extra keyword, ``reset_after=True`` (PyTorch's form);
 ``reset_after=False`` is the original Cho et al. GRU, which PyTorch does not have.
 
-Each forward is one native call for the whole stack (all layers and directions) through a
-``torch.autograd.Function``; its backward is one native BPTT call that returns the gradients of
-the input, ``h_0``, ``c_0`` and every parameter. Tensors cross to the kernels through DLPack
+Each forward is one native call for the whole stack (all layers and directions) through the
+custom operator ``torch.ops.fusedrnn.stack_forward`` (fusedrnn/_torch_ops.py); its backward is
+one native BPTT call (``stack_backward``) that returns the gradients of the input, ``h_0``,
+``c_0`` and every parameter. Tensors cross to the kernels through DLPack
 without copies (a non-contiguous CPU one is copied once; a non-contiguous CUDA one is made
 contiguous by torch first); the outputs, the gradients and the training state kept between
 forward and backward are allocated by torch's allocator on the input's device, and that state is
@@ -73,8 +74,17 @@ Differences from PyTorch, all deliberate:
   RNN ops with the call's dropout masks, at torch.nn's speed, and is differentiable. The GRU
   with ``reset_after=False`` has no torch.nn counterpart and raises a ``RuntimeError`` there
   (never a silently constant gradient).
-* ``torch.compile`` runs the native call eagerly (a graph break around it); TorchScript
-  (``torch.jit.script``) is not supported.
+* The classes are not subclasses of torch.nn's: ``isinstance(m, torch.nn.LSTM)`` is False.
+  Code that dispatches on torch.nn's exact classes (``quantize_dynamic``, a weights-only
+  ``torch.load`` allowing ``torch.nn.LSTM``) takes :func:`to_torch` / :func:`swap_modules`,
+  which share the parameters (docs/design.md §3.1 gives the reasons).
+* ``torch.compile(fullgraph=True)`` and ``torch.export`` trace the custom operators (dynamic T
+  and B); ``PackedSequence`` input compiles with graph breaks only, as for torch.nn (dynamo does
+  not trace torch's ``pack_padded_sequence``). ``torch.func`` transforms and ONNX export run
+  torch.nn's own ops on the parameters (as fast as torch.nn there; ``vmap`` then fails as for
+  torch.nn); ``torch.onnx.export`` thus writes torch.nn's standard LSTM/GRU/RNN nodes. The GRU
+  with ``reset_after=False`` cannot be exported so (``fusedrnn.onnx.export`` writes it from the
+  NumPy module). TorchScript (``torch.jit.script``) is not supported.
 * Modifying an input or a parameter in place between forward and backward raises PyTorch's
   usual "modified by an inplace operation" error (they are saved for backward).
 
@@ -118,7 +128,8 @@ from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSp
                            reject_proj_size,
                            rnn_mode, split_state)
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase",
+           "to_torch", "from_torch", "swap_modules"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CUDA_16BIT = (torch.bfloat16, torch.float16)  # stored in 16 bits, computed in float32
@@ -192,6 +203,57 @@ def _run_stack(cfg, x, h0, c0, weights, dropout_active, seed=None):
 _NO_SEED = torch.zeros((), dtype=torch.int64)
 
 
+def _use_torch_nn_ops():
+    """Where fusedrnn's kernels cannot go, the modules run torch.nn's own ops on their
+    parameters: ONNX export (so both exporters write the standard RNN nodes) and torch.func
+    transforms (grad, vmap, jacrev...: torch's custom-operator autograd does not support them,
+    and the kernels have no batching rule)."""
+    return torch.onnx.is_in_onnx_export() or torch._C._are_functorch_transforms_active()
+
+
+def _as_torch_nn(module):
+    """``module`` as the torch.nn module of the same class and configuration holding the very
+    same Parameter objects (built on the meta device, then given ours): what ONNX export
+    traces, so both exporters emit the standard ONNX LSTM/GRU/RNN nodes they emit for torch.nn
+    (their translation of fusedrnn's kernels would be no more than that)."""
+    spec = module.spec
+    if spec.mode == "gru" and not spec.reset_after:
+        raise RuntimeError(
+            "torch.onnx.export: a GRU with reset_after=False has no torch.nn counterpart to "
+            "export; fusedrnn.onnx.export writes it (ONNX GRU, linear_before_reset=0) from the "
+            "NumPy module (fusedrnn.GRU with reset_after=False and these weights)")
+    kind = type(module).__name__
+    disable = torch._C._DisableFuncTorch  # building the twin is no part of a transform
+    base = kind if kind in _TORCH_NN_CLASSES else next(
+        c.__name__ for c in type(module).__mro__ if c.__name__ in _TORCH_NN_CLASSES)
+    kw = dict(bias=spec.bias, device="meta", dtype=next(module.parameters()).dtype)
+    if base.endswith("Cell"):
+        if base == "RNNCell":
+            kw["nonlinearity"] = module.nonlinearity
+        with disable():
+            twin = getattr(torch.nn, base)(spec.input_size, spec.hidden_size, **kw)
+    else:
+        kw.update(num_layers=spec.num_layers, batch_first=spec.batch_first,
+                  dropout=spec.dropout, bidirectional=spec.bidirectional)
+        if base == "LSTM":
+            kw["proj_size"] = spec.proj_size
+        if base == "RNN":
+            kw["nonlinearity"] = spec.nonlinearity
+        with warnings.catch_warnings(), disable():
+            warnings.simplefilter("ignore")  # torch.nn's one-layer dropout notice
+            twin = getattr(torch.nn, base)(spec.input_size, spec.hidden_size, **kw)
+    twin.train(module.training)
+    # the module's current tensors (under torch.func.functional_call: the substituted ones)
+    for name, param in module.named_parameters():
+        twin._parameters[name] = param
+    if not base.endswith("Cell"):
+        twin._init_flat_weights()  # torch.nn.RNNBase's list of the tensors it runs on
+    return twin
+
+
+_TORCH_NN_CLASSES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+
+
 def _draw_seed():
     """One draw from PyTorch's default generator (so torch.manual_seed controls dropout), as a
     0-d tensor: it stays in a compiled graph."""
@@ -263,6 +325,8 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
 
         Returns ``(output, h_n)`` or, for the LSTM, ``(output, (h_n, c_n))``, as PyTorch:
         output (T, B, D*R) (or as the input's layout), h_n (L*D, B, R), c_n (L*D, B, H)."""
+        if _use_torch_nn_ops():
+            return _as_torch_nn(self)(input, hx)
         cls, spec = self._cls, self.spec
         is_lstm = spec.is_lstm
         h0, c0 = spec.split_hx(hx, cls, array_type=torch.Tensor, kind="tensors")
@@ -406,6 +470,11 @@ class RNNCellBase(CellSpecFields, torch.nn.Module):
     def extra_repr(self) -> str:
         return self.spec.extra_repr()
 
+    def __call__(self, *args, **kwargs):
+        if _use_torch_nn_ops():
+            return _as_torch_nn(self)(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     def _step(self, input, states):
         """One step; ``input`` (B, I) or (I,); ``states``: list of (B, H)/(H,) tensors or
         Nones. Returns (h', c' or None), each (B, H) or (H,) like the input."""
@@ -492,3 +561,74 @@ class GRUCell(RNNCellBase):
 
     def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._step(input, [hx])[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions (the classes are not torch.nn's: docs/design.md §3.1 says why)
+
+
+def to_torch(module: Union[RNNBase, RNNCellBase]) -> torch.nn.Module:
+    """The torch.nn module of the same class and configuration holding the very same Parameter
+    objects (no copy: training either trains both). For code that dispatches on the exact
+    class: ``torch.ao.quantization.quantize_dynamic``, ``torch.load(weights_only=True)`` with
+    ``safe_globals([torch.nn.LSTM])``. The GRU with ``reset_after=False`` has no torch.nn
+    counterpart (RuntimeError)."""
+    if not isinstance(module, (RNNBase, RNNCellBase)):
+        raise TypeError(f"to_torch: expected a fusedrnn.torch module, got {type(module).__name__}")
+    return _as_torch_nn(module)  # built on the meta device; its parameters are ours
+
+
+def from_torch(module: torch.nn.Module) -> Union[RNNBase, RNNCellBase]:
+    """The fusedrnn.torch module of the same class and configuration as a torch.nn
+    ``RNN/LSTM/GRU/RNNCell/LSTMCell/GRUCell``, holding its very Parameter objects (no copy)."""
+    kind = type(module).__name__
+    if not (isinstance(module, (torch.nn.RNNBase, torch.nn.RNNCellBase))
+            and kind in _TORCH_NN_CLASSES):
+        raise TypeError(f"from_torch: expected a torch.nn RNN/LSTM/GRU or cell, got {kind}")
+    p = next(module.parameters())
+    kw = dict(bias=module.bias, device="meta", dtype=p.dtype)
+    if kind.endswith("Cell"):
+        if kind == "RNNCell":
+            kw["nonlinearity"] = module.nonlinearity
+    else:
+        kw.update(num_layers=module.num_layers, batch_first=module.batch_first,
+                  dropout=module.dropout, bidirectional=module.bidirectional)
+        if kind == "LSTM":
+            kw["proj_size"] = module.proj_size
+        if kind == "RNN":
+            kw["nonlinearity"] = module.nonlinearity
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the one-layer dropout notice, given by torch.nn too
+        ours = globals()[kind](module.input_size, module.hidden_size, **kw)
+    for name, param in module.named_parameters():
+        ours._parameters[name] = param
+    ours.train(module.training)
+    return ours
+
+
+def swap_modules(model: torch.nn.Module, to: str) -> torch.nn.Module:
+    """Replaces, in place, every recurrent submodule of ``model`` (and ``model`` itself, which
+    is returned) by its counterpart sharing the same Parameters: ``to="fusedrnn"`` turns
+    torch.nn's into fusedrnn.torch's, ``to="torch"`` the reverse (before quantize_dynamic or a
+    weights-only save that allows torch.nn's classes)."""
+    if to not in ("fusedrnn", "torch"):
+        raise ValueError(f"to must be 'fusedrnn' or 'torch', got {to!r}")
+
+    def convert(m):
+        if to == "torch" and isinstance(m, (RNNBase, RNNCellBase)):
+            return to_torch(m)
+        if to == "fusedrnn" and type(m).__name__ in _TORCH_NN_CLASSES and \
+                isinstance(m, (torch.nn.RNNBase, torch.nn.RNNCellBase)):
+            return from_torch(m)
+        return None
+
+    top = convert(model)
+    if top is not None:
+        return top
+    for name, child in list(model.named_children()):
+        new = convert(child)
+        if new is not None:
+            setattr(model, name, new)
+        else:
+            swap_modules(child, to)
+    return model

@@ -6,6 +6,7 @@
 // the stack loop of csrc/core/stack_loop.h with its own layer kernels.
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "fusedrnn/params.h"
@@ -62,6 +63,10 @@ struct StateLayout {
   size_t bytes = 0;
   std::vector<size_t> saved, h_prev, proj_in, layer_out, keep;
   size_t x_tb = kNone;
+  // (offset, bytes) of the alignment padding after each piece: no kernel writes it, so the
+  // stack loop zeroes it (a training forward's reserve is then a pure function of its inputs,
+  // which torch.library.opcheck and any byte comparison of two runs rely on).
+  std::vector<std::pair<size_t, size_t>> padding;
 };
 
 // The layout for a training forward of cfg with elements of elem_size bytes (4 or 8); bytes 0
