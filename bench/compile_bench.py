@@ -21,18 +21,8 @@ import warnings
 import torch
 
 import fusedrnn
+import microbench as mb  # bench/: machine facts as every benchmark records them
 import fusedrnn.torch as ft
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 class WordModel(torch.nn.Module):
@@ -110,7 +100,7 @@ def main():
               f"{r['median_ms']:8.2f} ms/step (first call {r['first_call_s']:.1f} s)")
     print("eager/compiled:", {k: round(v, 3) for k, v in ratios.items()})
     doc = {"what": __doc__.split("\n\n")[0], "date": datetime.datetime.now().isoformat(),
-           "machine": platform.machine(), "cpu_model": cpu_model(),
+           "machine": platform.machine(), **mb.cpu_facts(),
            "torch": torch.__version__, "fusedrnn": fusedrnn.__version__,
            "torch_threads": torch.get_num_threads(),
            "fusedrnn_threads": fusedrnn.get_num_threads(),

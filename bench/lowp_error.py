@@ -17,20 +17,10 @@ import platform
 import numpy as np
 
 import fusedrnn
+import microbench as mb  # bench/: machine facts as every benchmark records them
 from fusedrnn import _C
 from fusedrnn import functional as F
 from fusedrnn import reference as ref
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def case(mode, T, B, H, seed):
@@ -93,7 +83,7 @@ def main():
                   f"{row['emulated']['reference_lowp_vs_f64']['y']:.2e}, device 16-bit "
                   f"{row['emulated']['device_16bit_vs_f64']['y']:.2e}", flush=True)
     doc = {"what": __doc__.split("\n\n")[0], "date": datetime.datetime.now().isoformat(),
-           "machine": platform.machine(), "cpu_model": cpu_model(),
+           "machine": platform.machine(), **mb.cpu_facts(),
            "fusedrnn": fusedrnn.__version__, "numpy": np.__version__, "threads": 1,
            "rows": rows}
     with open(a.out, "w") as f:

@@ -223,25 +223,9 @@ def _as_torch_nn(module):
             "export; fusedrnn.onnx.export writes it (ONNX GRU, linear_before_reset=0) from the "
             "NumPy module (fusedrnn.GRU with reset_after=False and these weights)")
     kind = type(module).__name__
-    disable = torch._C._DisableFuncTorch  # building the twin is no part of a transform
     base = kind if kind in _TORCH_NN_CLASSES else next(
         c.__name__ for c in type(module).__mro__ if c.__name__ in _TORCH_NN_CLASSES)
-    kw = dict(bias=spec.bias, device="meta", dtype=next(module.parameters()).dtype)
-    if base.endswith("Cell"):
-        if base == "RNNCell":
-            kw["nonlinearity"] = module.nonlinearity
-        with disable():
-            twin = getattr(torch.nn, base)(spec.input_size, spec.hidden_size, **kw)
-    else:
-        kw.update(num_layers=spec.num_layers, batch_first=spec.batch_first,
-                  dropout=spec.dropout, bidirectional=spec.bidirectional)
-        if base == "LSTM":
-            kw["proj_size"] = spec.proj_size
-        if base == "RNN":
-            kw["nonlinearity"] = spec.nonlinearity
-        with warnings.catch_warnings(), disable():
-            warnings.simplefilter("ignore")  # torch.nn's one-layer dropout notice
-            twin = getattr(torch.nn, base)(spec.input_size, spec.hidden_size, **kw)
+    twin = _same_configuration(getattr(torch.nn, base), module, base)
     twin.train(module.training)
     # the module's current tensors (under torch.func.functional_call: the substituted ones)
     for name, param in module.named_parameters():
@@ -252,6 +236,24 @@ def _as_torch_nn(module):
 
 
 _TORCH_NN_CLASSES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+
+
+def _same_configuration(cls, like, kind):
+    """A parameter-less (meta device) ``cls`` configured as ``like`` (a torch.nn or a
+    fusedrnn.torch module of class ``kind``: both expose torch.nn's attributes)."""
+    kw = dict(bias=like.bias, device="meta", dtype=next(like.parameters()).dtype)
+    if kind in ("RNN", "RNNCell"):
+        kw["nonlinearity"] = like.nonlinearity
+    if not kind.endswith("Cell"):
+        kw.update(num_layers=like.num_layers, batch_first=like.batch_first,
+                  dropout=like.dropout, bidirectional=like.bidirectional)
+    if kind == "LSTM":
+        kw["proj_size"] = like.proj_size
+    # a one-layer dropout notice is torch.nn's to give (at construction); building is no part
+    # of a torch.func transform
+    with warnings.catch_warnings(), torch._C._DisableFuncTorch():
+        warnings.simplefilter("ignore")
+        return cls(like.input_size, like.hidden_size, **kw)
 
 
 def _draw_seed():
@@ -585,21 +587,7 @@ def from_torch(module: torch.nn.Module) -> Union[RNNBase, RNNCellBase]:
     if not (isinstance(module, (torch.nn.RNNBase, torch.nn.RNNCellBase))
             and kind in _TORCH_NN_CLASSES):
         raise TypeError(f"from_torch: expected a torch.nn RNN/LSTM/GRU or cell, got {kind}")
-    p = next(module.parameters())
-    kw = dict(bias=module.bias, device="meta", dtype=p.dtype)
-    if kind.endswith("Cell"):
-        if kind == "RNNCell":
-            kw["nonlinearity"] = module.nonlinearity
-    else:
-        kw.update(num_layers=module.num_layers, batch_first=module.batch_first,
-                  dropout=module.dropout, bidirectional=module.bidirectional)
-        if kind == "LSTM":
-            kw["proj_size"] = module.proj_size
-        if kind == "RNN":
-            kw["nonlinearity"] = module.nonlinearity
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the one-layer dropout notice, given by torch.nn too
-        ours = globals()[kind](module.input_size, module.hidden_size, **kw)
+    ours = _same_configuration(globals()[kind], module, kind)
     for name, param in module.named_parameters():
         ours._parameters[name] = param
     ours.train(module.training)
