@@ -10,8 +10,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fusedrnn.torch as ft  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 IMPLS = {"torch.nn": torch.nn, "fusedrnn.torch": ft}
+
+# torch.nn's own notice for projections on the CPU (it then runs its default implementation)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:LSTM with projections is not supported with oneDNN")
 
 
 @pytest.fixture(params=list(IMPLS))
@@ -190,3 +195,144 @@ def test_cpu_autocast_runs_in_float32():
         y_o, _ = ours(x)
     assert y_o.dtype == torch.float32
     np.testing.assert_allclose(y_o.detach().numpy(), y_t.float().detach().numpy(), atol=2e-2)
+
+
+# ---- the documented behaviour of torch.nn.RNN/LSTM/GRU and the cells --------------------------
+
+def build(nn, cls, *args, **kw):
+    torch.manual_seed(0)  # the same initialisation from the same seed, in torch's order
+    return getattr(nn, cls)(*args, **kw)
+
+
+@pytest.mark.parametrize("cls,kw", [("LSTM", dict(proj_size=2, num_layers=2, bidirectional=True)),
+                                    ("GRU", dict(num_layers=2)), ("RNN", dict(bidirectional=True))])
+def test_parameters_names_shapes_and_initialisation(nn, cls, kw):
+    m, ref = build(nn, cls, 3, 4, **kw), build(torch.nn, cls, 3, 4, **kw)
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for p, q in zip(m.parameters(), ref.parameters()):
+        assert p.shape == q.shape and torch.equal(p, q)
+    assert [[w.shape for w in ws] for ws in m.all_weights] == \
+        [[w.shape for w in ws] for ws in ref.all_weights]
+    assert [w.shape for w in m._flat_weights] == [w.shape for w in ref._flat_weights]
+    assert repr(m) == repr(ref)
+    m.flatten_parameters()
+
+
+@pytest.mark.parametrize("layout", ["time-major", "batch-first", "unbatched", "packed"])
+def test_output_shapes(nn, layout):
+    m = build(nn, "LSTM", 3, 4, proj_size=2, num_layers=2, bidirectional=True,
+              batch_first=layout == "batch-first")
+    x = {"time-major": torch.randn(5, 2, 3), "batch-first": torch.randn(2, 5, 3),
+         "unbatched": torch.randn(5, 3),
+         "packed": pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))}[layout]
+    y, (h, c) = m(x)
+    if layout == "packed":
+        assert isinstance(y, PackedSequence) and y.data.shape == (8, 4)
+    else:
+        assert y.shape == {"time-major": (5, 2, 4), "batch-first": (2, 5, 4),
+                           "unbatched": (5, 4)}[layout]
+    lead = (4,) if layout == "unbatched" else (4, 2)
+    assert h.shape == lead + (2,) and c.shape == lead + (4,)
+
+
+def test_zero_initial_state_is_the_default(nn):
+    m = build(nn, "GRU", 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(m(x)[0], m(x, torch.zeros(2, 2, 4))[0])
+
+
+def test_bidirectional_output_halves_and_final_states(nn):
+    m = build(nn, "GRU", 3, 4, num_layers=2, bidirectional=True)
+    y, h = m(torch.randn(5, 2, 3))
+    torch.testing.assert_close(y[-1, :, :4], h[-2])  # forward direction: its last step
+    torch.testing.assert_close(y[0, :, 4:], h[-1])   # reverse direction: ends at t = 0
+
+
+def test_dropout_only_in_training_mode(nn):
+    m = build(nn, "LSTM", 3, 4, num_layers=2, dropout=0.5)
+    x = torch.randn(5, 2, 3)
+    m.eval()
+    torch.testing.assert_close(m(x)[0], m(x)[0], rtol=0, atol=0)
+    m.train()
+    torch.manual_seed(1)
+    a = m(x)[0]
+    torch.manual_seed(2)
+    b = m(x)[0]
+    assert not torch.equal(a, b)
+    torch.manual_seed(1)
+    torch.testing.assert_close(m(x)[0], a, rtol=0, atol=0)  # seeded: reproducible
+
+
+def test_state_dict_crosses_implementations(nn):
+    m = build(nn, "LSTM", 3, 4, num_layers=2)
+    other = torch.nn.LSTM(3, 4, num_layers=2) if nn is ft else ft.LSTM(3, 4, num_layers=2)
+    other.load_state_dict(m.state_dict())
+    m.load_state_dict(other.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(m(x)[0], other(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_size_mismatch_message(nn):
+    m = build(nn, "GRU", 3, 5)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(1, 4, 5\), got \[1, 3, 5\]"):
+        m(torch.randn(6, 4, 3), torch.zeros(1, 3, 5))
+
+
+def test_unbatched_input_with_batched_state(nn):
+    m = build(nn, "GRU", 3, 5)
+    with pytest.raises(RuntimeError, match="should also be 2-D"):
+        m(torch.randn(6, 3), torch.zeros(1, 1, 5))
+
+
+def test_pickle_deepcopy_and_save(nn, tmp_path):
+    import copy
+
+    m = build(nn, "LSTM", 3, 4, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    want = m(x)[0]
+    path = tmp_path / "m.pt"
+    torch.save(m, path)
+    for other in (copy.deepcopy(m), torch.load(path, weights_only=False)):
+        assert type(other) is type(m)
+        torch.testing.assert_close(other(x)[0], want, rtol=0, atol=0)
+
+
+def test_forward_hooks_see_the_outputs(nn):
+    m = build(nn, "GRU", 3, 4)
+    seen = []
+    m.register_forward_hook(lambda mod, inp, out: seen.append(out[0].shape))
+    m(torch.randn(5, 2, 3))
+    assert seen == [(5, 2, 4)]
+
+
+def test_frozen_parameters_get_no_gradient(nn):
+    m = build(nn, "LSTM", 3, 4)
+    m.requires_grad_(False)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    m(x)[0].sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in m.parameters())
+
+
+def test_dtype_conversion(nn):
+    m = build(nn, "GRU", 3, 4).double()
+    assert m(torch.randn(5, 2, 3, dtype=torch.float64))[0].dtype == torch.float64
+
+
+def test_enforce_sorted_packing_is_torchs_check(nn):
+    with pytest.raises(RuntimeError, match="must be sorted in decreasing order"):
+        build(nn, "GRU", 3, 4)(pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([3, 5])))
+
+
+@pytest.mark.parametrize("cls", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_default_state_and_unbatched_input(nn, cls):
+    cell = build(nn, cls, 3, 4)
+    x = torch.randn(2, 3)
+    zeros = torch.zeros(2, 4)
+    out = cell(x)
+    given = cell(x, (zeros, zeros) if cls == "LSTMCell" else zeros)
+    for a, b in zip(out if isinstance(out, tuple) else (out,),
+                    given if isinstance(given, tuple) else (given,)):
+        torch.testing.assert_close(a, b)
+    single = cell(x[0])
+    single = single[0] if isinstance(single, tuple) else single
+    assert single.shape == (4,)

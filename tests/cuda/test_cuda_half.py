@@ -103,3 +103,25 @@ def test_against_cudnn_same_storage(kind, storage, persistent, monkeypatch):
     print(f"{kind} {storage} persistent={persistent}: |ours - f64| {err_ours:.3e}, "
           f"|cuDNN - f64| {err_cudnn:.3e}, low-precision reference run {lowp_run:.3e}")
     assert err_ours <= 2 * lowp_run + 2e-5 * scale
+
+
+@pytest.mark.parametrize("storage", list(STORAGES))
+def test_torch_modules_in_16_bits(storage):
+    """fusedrnn.torch modules converted with .bfloat16()/.half() on CUDA: forward and backward
+    run (16-bit storage), the output within the bound of test_against_cudnn_same_storage."""
+    import fusedrnn.torch as ft
+
+    dt = STORAGES[storage]
+    torch.manual_seed(0)
+    m = ft.GRU(16, 32, num_layers=2).to("cuda", dt)
+    x = torch.randn(20, 3, 16, device="cuda").to(dt).requires_grad_()
+    y, h = m(x)
+    y.float().pow(2).sum().backward()
+    assert y.dtype == dt and x.grad.dtype == dt
+    assert all(p.grad is not None and p.grad.dtype == dt for p in m.parameters())
+    params = {k: v.detach().double().cpu().numpy() for k, v in m.named_parameters()}
+    want, _, _, _ = ref.stack_forward("gru", x.detach().double().cpu().numpy(), params,
+                                      num_layers=2)
+    lowp_run = float(np.abs(ref.quantize(want, storage) - want).max())
+    err = float(np.abs(back(y.detach()) - want).max())
+    assert err <= 2 * lowp_run + 2e-5 * max(1.0, float(np.abs(want).max()))
