@@ -8,6 +8,54 @@ get that one. This module has one name and one instance.
 
 import numpy as np
 
+# --- central finite differences (the reference's gradient checks) -----------------------------
+# test_reference.py and test_reference_regularised.py check every analytic gradient of the
+# reference against these: max|g_fd - g| / max(max|g|, 1e-8) <= FD_TOL (docs/design.md §7).
+
+FD_EPS = 1e-6
+FD_TOL = 1e-6
+
+
+def rel_err(approx, exact):
+    approx, exact = np.asarray(approx), np.asarray(exact)
+    return float(np.max(np.abs(approx - exact)) / max(float(np.max(np.abs(exact))), 1e-8))
+
+
+def fd_gradient(loss, arrays, name, eps=FD_EPS):
+    """Central finite differences of `loss(name)` w.r.t. every entry of arrays[name].
+
+    Entries are perturbed in place and restored exactly; `loss` is told which array moves."""
+    a = arrays[name]
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        orig = a[idx]
+        up, down = orig + eps, orig - eps
+        a[idx] = up
+        lp = loss(name)
+        a[idx] = down
+        lm = loss(name)
+        a[idx] = orig
+        g[idx] = (lp - lm) / (up - down)  # the actual (rounded) step
+    return g
+
+
+def check_fd(loss, arrays, grads, request, tol=FD_TOL, eps=FD_EPS):
+    """Compares every analytic gradient in `grads` with finite differences (step `eps`) of
+    `loss`; records the worst relative error in the test's user_properties ("fd_max_rel_err")
+    and returns the errors by name."""
+    errors = {}
+    for name in grads:
+        g = grads[name]
+        assert g.shape == arrays[name].shape, name
+        assert g.dtype == np.float64, name
+        errors[name] = rel_err(fd_gradient(loss, arrays, name, eps), g)
+    worst = max(errors, key=errors.get)
+    request.node.user_properties.append(("fd_max_rel_err", errors[worst]))
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"finite-difference relative errors above {tol}: {bad}"
+    return errors
+
+
 # --- worst errors of the native-vs-reference sweep (printed by conftest.py at the end) ---------
 
 WORST = {}

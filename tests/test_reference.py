@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _support import check_fd, fd_gradient, rel_err
 
 _REF_PATH = Path(__file__).resolve().parents[1] / "python" / "fusedrnn" / "reference.py"
 
@@ -38,8 +39,6 @@ def _load_reference():
 
 ref = _load_reference()
 
-FD_EPS = 1e-6
-FD_TOL = 1e-6
 TORCH_TOL = 1e-10
 
 # Cells of docs/design.md §2: (mode, projection?, reset_after).
@@ -70,41 +69,10 @@ def _uniform(rng, shape, scale=0.7):
     return rng.uniform(-scale, scale, shape)
 
 
-def _rel_err(approx, exact):
-    approx, exact = np.asarray(approx), np.asarray(exact)
-    return float(np.max(np.abs(approx - exact)) / max(float(np.max(np.abs(exact))), 1e-8))
-
-
-def _fd_gradient(loss, arrays, name, eps=FD_EPS):
-    """Central finite differences of `loss(name)` w.r.t. every entry of arrays[name].
-
-    Entries are perturbed in place and restored exactly; `loss` is told which array moves."""
-    a = arrays[name]
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        orig = a[idx]
-        up, down = orig + eps, orig - eps
-        a[idx] = up
-        lp = loss(name)
-        a[idx] = down
-        lm = loss(name)
-        a[idx] = orig
-        g[idx] = (lp - lm) / (up - down)  # the actual (rounded) step
-    return g
-
-
-def _check_fd(loss, arrays, grads, request):
-    """Compares every analytic gradient in `grads` with finite differences of `loss`."""
-    errors = {}
-    for name in grads:
-        g = grads[name]
-        assert g.shape == arrays[name].shape, name
-        assert g.dtype == np.float64, name
-        errors[name] = _rel_err(_fd_gradient(loss, arrays, name), g)
-    worst = max(errors, key=errors.get)
-    request.node.user_properties.append(("fd_max_rel_err", errors[worst]))
-    bad = {k: v for k, v in errors.items() if not v <= FD_TOL}
-    assert not bad, f"finite-difference relative errors above {FD_TOL}: {bad}"
+# Central finite differences: shared with test_reference_regularised.py (tests/_support.py).
+_rel_err = rel_err
+_fd_gradient = fd_gradient
+_check_fd = check_fd
 
 
 # ReLU is not differentiable at 0: finite differences are only valid when no ReLU pre-activation

@@ -31,6 +31,17 @@ Whole stacks (layers x directions, dropout given explicit masks, ``batch_first``
 
 with ``params``/``grads`` keyed by PyTorch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``...).
 
+Regularised cells (reference only; the kernels come next), in
+:mod:`fusedrnn.reference_regularised` and re-exported here: layer-normalised LSTM/GRU/RNN
+(Haste's form), zoneout, recurrent (variational) dropout, DropConnect on ``W_hh``, LSTM gate
+clipping (ONNX ``clip``) and cell-state clipping (cuDNN/TensorFlow), LSTM peepholes (ONNX
+``P``), :func:`unit_forget_bias`::
+
+    y, h_n, c_n, ctx = reg_layer_forward(mode, x, w_ih, w_hh, ..., zoneout_h_mask=..., ...)
+    grads = reg_layer_backward(ctx, dy, dh_n, dc_n)
+
+and whole stacks through :func:`stack_forward`'s ``layer_options``.
+
 16-bit storage (bfloat16, float16; the CUDA backend stores them and computes in float32) is
 modelled by :func:`quantize`: a low-precision run of the reference quantizes every input and
 parameter, computes in float64 and quantizes every output (each output rounded once, as the
@@ -52,6 +63,10 @@ __all__ = [
     "layer_forward", "layer_backward",
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
     "stack_forward", "stack_backward", "param_names", "quantize", "STORAGE_FORMATS",
+    # fusedrnn.reference_regularised (imported at the end of this module)
+    "LN_EPS", "REG_PARAM_KEYS", "layer_norm_forward", "layer_norm_backward",
+    "reg_lstm_cell_forward", "reg_lstm_cell_backward", "reg_layer_forward",
+    "reg_layer_backward", "reg_param_names", "unit_forget_bias",
 ]
 
 # 16-bit storage formats: (significant bits, frexp exponent of the smallest normal, largest
@@ -384,14 +399,47 @@ def param_names(layer, direction, *, bias=True, proj=False):
     return names
 
 
+def _regularised_options(params, layer_options, num_layers, D):
+    """Per (layer, direction) keyword arguments of :func:`reg_layer_forward`, or None when the
+    stack runs the plain cells (no ``layer_options`` and no regularised parameter by name)."""
+    reg_names = [k for k in params if k.rsplit("_l", 1)[0] in REG_PARAM_KEYS]
+    if layer_options is None and not reg_names:
+        return None
+    if layer_options is None or isinstance(layer_options, dict):
+        per = [dict(layer_options or {}) for _ in range(num_layers * D)]
+    else:
+        per = [dict(o or {}) for o in layer_options]
+        if len(per) != num_layers * D:
+            raise ValueError(f"layer_options: {num_layers * D} dicts (num_layers * directions, "
+                             f"index l*D + d) or one dict for all, got {len(per)}")
+    for o in per:
+        clash = [k for k in o if k in REG_PARAM_KEYS or k in (
+            "w_hr", "lengths", "reverse", "reset_after")]
+        if clash:
+            raise ValueError(f"layer_options: {', '.join(clash)} come from params and the stack's "
+                             f"own arguments, not from layer_options")
+    return per
+
+
 def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None, c0=None,
-                  lengths=None, batch_first=False, dropout_masks=None, reset_after=True):
+                  lengths=None, batch_first=False, dropout_masks=None, reset_after=True,
+                  layer_options=None):
     """A multi-layer, optionally bidirectional network, as ``torch.nn.RNN/LSTM/GRU``.
 
     ``x``: (T, B, I), or (B, T, I) with ``batch_first``. ``params``: dict keyed by PyTorch names.
     ``h0``: (L*D, B, R); ``c0``: (L*D, B, H) (LSTM). ``dropout_masks``: ``num_layers - 1``
     arrays of shape (T, B, D*R) (already scaled by 1/(1-p)), multiplied into each layer's output
-    but the last's. Returns (y (T,B,D*R) or batch-first, h_n, c_n or None, ctx)."""
+    but the last's. Returns (y (T,B,D*R) or batch-first, h_n, c_n or None, ctx).
+
+    Regularised cells (:mod:`fusedrnn.reference_regularised`): when ``layer_options`` is given,
+    or ``params`` holds any of their parameters (names of :func:`reg_param_names`:
+    ``ln_weight_ih_l0``, ``weight_peephole_l1_reverse`` ...), every layer runs
+    :func:`reg_layer_forward` with its parameters from ``params`` and the keyword options of
+    ``layer_options``: one dict for every layer and direction, or a list of ``num_layers * D``
+    dicts (index ``l*D + d``; masks are per layer: ``zoneout_h_mask (T, B, R)``,
+    ``recurrent_dropout_mask (B, R)``, ``dropconnect_mask (G*H, R)`` ...). Zoneout masks are
+    time-major like ``x`` here, even with ``batch_first``. Without either, the plain cells run,
+    exactly as before."""
     x = np.asarray(x)
     if batch_first:
         x = x.swapaxes(0, 1)
@@ -399,17 +447,23 @@ def stack_forward(mode, x, params, *, num_layers=1, bidirectional=False, h0=None
     is_lstm = mode == "lstm"
     layer_in = x
     h_n, c_n, layer_ctx = [], [], []
+    reg_options = _regularised_options(params, layer_options, num_layers, D)
     for l in range(num_layers):
         outs = []
         for d in range(D):
             sfx = f"_l{l}" + ("_reverse" if d else "")
             k = l * D + d
-            y, h, c, ctx = layer_forward(
-                mode, layer_in, params["weight_ih" + sfx], params["weight_hh" + sfx],
-                params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
-                None if h0 is None else h0[k], None if (c0 is None or not is_lstm) else c0[k],
-                w_hr=params.get("weight_hr" + sfx), lengths=lengths, reverse=bool(d),
-                reset_after=reset_after)
+            args = (mode, layer_in, params["weight_ih" + sfx], params["weight_hh" + sfx],
+                    params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
+                    None if h0 is None else h0[k], None if (c0 is None or not is_lstm) else c0[k])
+            kw = dict(w_hr=params.get("weight_hr" + sfx), lengths=lengths, reverse=bool(d),
+                      reset_after=reset_after)
+            if reg_options is None:
+                y, h, c, ctx = layer_forward(*args, **kw)
+            else:
+                kw.update({key: params[key + sfx] for key in REG_PARAM_KEYS
+                           if key + sfx in params})
+                y, h, c, ctx = reg_layer_forward(*args, **kw, **reg_options[k])
             outs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -446,11 +500,13 @@ def stack_backward(ctx, dy=None, dh_n=None, dc_n=None):
         for d in range(D):
             k = l * D + d
             lc = ctx["layers"][k]
-            g = layer_backward(lc, dout[:, :, d * R:(d + 1) * R],
-                               None if dh_n is None else dh_n[k],
-                               None if (dc_n is None or not is_lstm) else dc_n[k])
+            backward = reg_layer_backward if lc.get("regularised") else layer_backward
+            g = backward(lc, dout[:, :, d * R:(d + 1) * R],
+                         None if dh_n is None else dh_n[k],
+                         None if (dc_n is None or not is_lstm) else dc_n[k])
             sfx = f"_l{l}" + ("_reverse" if d else "")
-            for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+            for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr") \
+                    + REG_PARAM_KEYS:
                 if key in g:
                     grads[key + sfx] = g[key]
             dh0[k] = g["h0"]
@@ -461,3 +517,11 @@ def stack_backward(ctx, dy=None, dh_n=None, dc_n=None):
         dout = dx_layer
     dx = dout.swapaxes(0, 1) if ctx["batch_first"] else dout
     return dx, np.stack(dh0), (np.stack(dc0) if is_lstm else None), grads
+
+
+# The regularised cells build on the functions above (the module imports them from here), so
+# they are imported last.
+from fusedrnn.reference_regularised import (  # noqa: E402
+    LN_EPS, REG_PARAM_KEYS, layer_norm_backward, layer_norm_forward, reg_layer_backward,
+    reg_layer_forward, reg_lstm_cell_backward, reg_lstm_cell_forward, reg_param_names,
+    unit_forget_bias)
