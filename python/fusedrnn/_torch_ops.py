@@ -260,7 +260,8 @@ def _differentiable_backward(ctx, x, h0, c0, lengths, reserve, weights, dy, dh_n
                  bidirectional=cfg["bidirectional"], batch_first=cfg["batch_first"],
                  dropout=cfg["dropout"], seed=0, reset_after=cfg["reset_after"],
                  lengths=lengths)
-    with torch.enable_grad():
+    # cuDNN's RNN backward is not differentiable itself; torch's native RNN ops are
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
         outs = differentiable_stack(rc, x, h0, c0, weights, masks)
     pairs = [(o, g) for o, g in zip(outs, (dy, dh_n, dc_n)) if o is not None and g is not None]
     every = [t for t in (x, h0, c0, *weights) if t is not None]
