@@ -20,6 +20,7 @@ device; ``seed`` a 0-d int64 tensor (dropout's keep-bits), so drawing it stays i
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import List, Optional, Tuple
 
@@ -46,11 +47,12 @@ class _Config:
             setattr(self, k, v)
 
 
+@functools.lru_cache(maxsize=256)
 def weight_names(mode: str, num_layers: int, bidirectional: bool, has_bias: bool,
-                 has_proj: bool) -> List[str]:
-    """PyTorch's flat weight names in ``_flat_weights`` order."""
-    return [n for l in range(num_layers) for d in range(2 if bidirectional else 1)
-            for n in param_names(l, d, bias=has_bias, proj=has_proj)]
+                 has_proj: bool) -> Tuple[str, ...]:
+    """PyTorch's flat weight names in ``_flat_weights`` order (cached: every call needs them)."""
+    return tuple(n for l in range(num_layers) for d in range(2 if bidirectional else 1)
+                 for n in param_names(l, d, bias=has_bias, proj=has_proj))
 
 
 def _detached(t):
@@ -93,12 +95,8 @@ def _context(x, h0, c0, weights, lengths, reserve, mode, num_layers, bidirection
 
 # ---- forward ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("fusedrnn::stack_forward", mutates_args=())
-def stack_forward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[Tensor],
-                  lengths: Optional[Tensor], seed: Tensor, mode: str, num_layers: int,
-                  bidirectional: bool, batch_first: bool, dropout: float, reset_after: bool,
-                  has_bias: bool, has_proj: bool, training: bool
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _forward_impl(x, h0, c0, weights, lengths, seed, mode, num_layers, bidirectional,
+                  batch_first, dropout, reset_after, has_bias, has_proj, training):
     follow_torch_threads()
     names = weight_names(mode, num_layers, bidirectional, has_bias, has_proj)
     y, h_n, c_n, ctx = _F.stack_forward(
@@ -113,6 +111,16 @@ def stack_forward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights
         c_n = x.new_empty(0)
     reserve = ctx.reserve if ctx is not None else x.new_empty(0, dtype=torch.uint8)
     return y, h_n, c_n, reserve
+
+
+@torch.library.custom_op("fusedrnn::stack_forward", mutates_args=())
+def stack_forward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[Tensor],
+                  lengths: Optional[Tensor], seed: Tensor, mode: str, num_layers: int,
+                  bidirectional: bool, batch_first: bool, dropout: float, reset_after: bool,
+                  has_bias: bool, has_proj: bool, training: bool
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward_impl(x, h0, c0, weights, lengths, seed, mode, num_layers, bidirectional,
+                         batch_first, dropout, reset_after, has_bias, has_proj, training)
 
 
 @stack_forward.register_fake
@@ -131,13 +139,8 @@ def _(x, h0, c0, weights, lengths, seed, mode, num_layers, bidirectional, batch_
 
 # ---- backward --------------------------------------------------------------------------------
 
-@torch.library.custom_op("fusedrnn::stack_backward", mutates_args=())
-def stack_backward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[Tensor],
-                   lengths: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
-                   dh_n: Optional[Tensor], dc_n: Optional[Tensor], mode: str, num_layers: int,
-                   bidirectional: bool, batch_first: bool, dropout: float, reset_after: bool,
-                   has_bias: bool, has_proj: bool
-                   ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+def _backward_impl(x, h0, c0, weights, lengths, reserve, dy, dh_n, dc_n, mode, num_layers,
+                   bidirectional, batch_first, dropout, reset_after, has_bias, has_proj):
     follow_torch_threads()
     ctx = _context(x, h0, c0, weights, lengths, reserve, mode, num_layers, bidirectional,
                    batch_first, dropout, reset_after, has_bias, has_proj)
@@ -146,6 +149,18 @@ def stack_backward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weight
     if dc0 is None:
         dc0 = x.new_empty(0)
     return dx, dh0, dc0, [grads[n] for n in ctx.param_names]
+
+
+@torch.library.custom_op("fusedrnn::stack_backward", mutates_args=())
+def stack_backward(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[Tensor],
+                   lengths: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
+                   dh_n: Optional[Tensor], dc_n: Optional[Tensor], mode: str, num_layers: int,
+                   bidirectional: bool, batch_first: bool, dropout: float, reset_after: bool,
+                   has_bias: bool, has_proj: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+    return _backward_impl(x, h0, c0, weights, lengths, reserve, dy, dh_n, dc_n, mode,
+                          num_layers, bidirectional, batch_first, dropout, reset_after, has_bias,
+                          has_proj)
 
 
 @stack_backward.register_fake
@@ -207,8 +222,10 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
     if torch.is_grad_enabled() and not (cfg["mode"] == "gru" and not cfg["reset_after"]):
         return _differentiable_backward(ctx, x, h0, c0, lengths, reserve, weights, dy, dh_n,
                                         dc_n)
-    dx, dh0, dc0, dws = torch.ops.fusedrnn.stack_backward(
-        x, h0, c0, weights, lengths, reserve, dy, dh_n, dc_n, *(cfg[k] for k in _CONFIG))
+    backward = _backward_impl if getattr(ctx, "eager", False) else \
+        torch.ops.fusedrnn.stack_backward
+    dx, dh0, dc0, dws = backward(x, h0, c0, weights, lengths, reserve, dy, dh_n, dc_n,
+                                 *(cfg[k] for k in _CONFIG))
     grads = [dx, dh0 if h0 is not None else None, dc0 if c0 is not None else None, list(dws)]
     if torch.is_grad_enabled():  # create_graph=True where nothing can differentiate this
         sources = [t for t in (x, h0, c0, *weights, dy, dh_n, dc_n)
@@ -222,6 +239,41 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
 
 
 stack_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerStack(torch.autograd.Function):
+    """The same forward, autograd formula and backward as the operator, called directly: in
+    eager mode the dispatcher's round trips of a custom operator cost more than a small call's
+    kernels (``run_stack`` takes this path when nothing traces). Arguments as the operator's,
+    reordered for autograd.Function (which differentiates only top-level tensors):
+    ``(config, x, h0, c0, lengths, seed, *weights)``."""
+
+    @staticmethod
+    def forward(config, x, h0, c0, lengths, seed, *weights):
+        return _forward_impl(x, h0, c0, list(weights), lengths, seed, *config)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        config, x, h0, c0, lengths, seed, *weights = inputs
+        _setup_context(ctx, (x, h0, c0, weights, lengths, seed, *config), output)
+        ctx.eager = True
+        ctx.mark_non_differentiable(output[3])
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n, dreserve):
+        dx, dh0, dc0, dws = _backward(ctx, dy, dh_n, dc_n, dreserve)[:4]
+        return (None, dx, dh0, dc0, None, None, *dws)
+
+
+def run_stack(x, h0, c0, weights, lengths, seed, *config, needs_grad: bool):
+    """``stack_forward(...)``: through the custom operator where anything traces (dynamo, AOT
+    autograd, export: tensors are then fake or functional, never plain), else directly (and
+    without autograd's bookkeeping where no gradient is wanted)."""
+    if type(x) is torch.Tensor and not torch.compiler.is_compiling():
+        if not needs_grad:
+            return _forward_impl(x, h0, c0, list(weights), lengths, seed, *config)
+        return _EagerStack.apply(tuple(config), x, h0, c0, lengths, seed, *weights)
+    return torch.ops.fusedrnn.stack_forward(x, h0, c0, list(weights), lengths, seed, *config)
 
 
 # ---- second order ----------------------------------------------------------------------------

@@ -190,13 +190,13 @@ def _run_stack(cfg, x, h0, c0, weights, dropout_active, seed=None):
     lengths = cfg.lengths
     if isinstance(lengths, np.ndarray):
         lengths = torch.from_numpy(lengths)
-    y, h_n, c_n, _ = torch.ops.fusedrnn.stack_forward(
+    y, h_n, c_n, _ = _torch_ops.run_stack(
         x, h0, c0, list(weights), lengths, seed if seed is not None else _NO_SEED,
         cfg.mode, cfg.num_layers, cfg.bidirectional, cfg.batch_first, cfg.dropout,
         cfg.reset_after, "bias_ih_l0" in cfg.names, "weight_hr_l0" in cfg.names,
         # dropout needs the kernel's training mode even when no gradient is wanted (as in
         # torch.nn.LSTM under torch.no_grad() in train mode)
-        needs_grad or dropout_active)
+        needs_grad or dropout_active, needs_grad=needs_grad)
     return y, h_n, (c_n if cfg.mode == "lstm" else None)
 
 
