@@ -24,13 +24,14 @@ batch order). ``GRU``/``GRUCell`` take one extra keyword, ``reset_after=True`` (
 ``reset_after=False`` is the original Cho et al. GRU, which PyTorch does not have.
 
 Each forward is one native call for the whole stack (all layers and directions) through the
-custom operator ``torch.ops.fusedrnn.stack_forward`` (fusedrnn/_torch_ops.py); its backward is
-one native BPTT call (``stack_backward``) that returns the gradients of the input, ``h_0``,
-``c_0`` and every parameter. Tensors cross to the kernels through DLPack
-without copies (a non-contiguous CPU one is copied once; a non-contiguous CUDA one is made
-contiguous by torch first); the outputs, the gradients and the training state kept between
-forward and backward are allocated by torch's allocator on the input's device, and that state is
-saved in the autograd context like any tensor (freed with the graph after backward).
+custom operator ``torch.ops.fusedrnn.stack_forward`` (fusedrnn/_torch_ops.py; in eager mode the
+same functions are called directly); its backward is one native BPTT call (``stack_backward``)
+that returns the gradients of the input, ``h_0``, ``c_0`` and every parameter. Tensors cross to
+the kernels through DLPack without copies (a non-contiguous CPU one is copied once; a
+non-contiguous CUDA one is made contiguous by torch first); the outputs, the gradients and the
+training state kept between forward and backward are allocated by torch's allocator on the
+input's device, and that state is saved in the autograd context like any tensor (freed with the
+graph after backward).
 
 CUDA: with a fusedrnn built with the CUDA backend and a GPU (:func:`fusedrnn.cuda.is_available`),
 CUDA tensors run on fusedrnn's CUDA kernels, on torch's current stream
@@ -183,8 +184,9 @@ def _check_tensors(owner, tensors, cell=False):
 
 
 def _run_stack(cfg, x, h0, c0, weights, dropout_active, seed=None):
-    """Runs the stack through the custom operator (fusedrnn/_torch_ops.py), which autograd
-    differentiates where a gradient is needed. Returns (y, h_n, c_n or None)."""
+    """Runs the stack (fusedrnn/_torch_ops.py: the custom operator where anything traces, the
+    same functions directly in eager mode), differentiable where a gradient is needed. Returns
+    (y, h_n, c_n or None)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     lengths = cfg.lengths
