@@ -206,17 +206,36 @@ struct SwapLeadingAxes {
   }
 };
 
-// Zeros of up to kMax byte ranges of one buffer (the reserve's alignment padding) in one
-// launch: element i is byte i - first[k] of the range k whose [first[k], first[k+1]) holds it.
-struct ZeroByteRanges {
-  static constexpr int kMax = 16;
-  uint8_t* base;
-  int64_t offset[kMax], first[kMax];
-  int count;
-  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
+// Up to kMax pieces of work in one launch: piece k owns launch indices [first[k], first[k] +
+// its size); `find` turns a launch index into (piece, index within it) by a linear scan (a
+// launch carries few pieces). Used where many small arrays are handled in one launch.
+template <int kMax>
+struct Segments {
+  static constexpr int kCapacity = kMax;
+  int64_t first[kMax] = {};
+  int count = 0;
+  int64_t total = 0;
+  bool full() const { return count == kMax; }
+  void add(int64_t n) {
+    first[count++] = total;
+    total += n;
+  }
+  FUSEDRNN_HOST_DEVICE int find(int64_t& i) const {
     int k = 0;
     while (k + 1 < count && i >= first[k + 1]) ++k;
-    base[offset[k] + (i - first[k])] = 0;
+    i -= first[k];
+    return k;
+  }
+};
+
+// Zeros of byte ranges of one buffer (the reserve's alignment padding), up to 16 per launch.
+struct ZeroByteRanges {
+  uint8_t* base;
+  int64_t offset[16];
+  Segments<16> seg;
+  FUSEDRNN_HOST_DEVICE void operator()(int64_t i) const {
+    const int k = seg.find(i);
+    base[offset[k] + i] = 0;
   }
 };
 

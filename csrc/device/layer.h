@@ -309,15 +309,14 @@ struct DeviceBackend {
   }
 
   void zero_padding(void* reserve, const std::vector<std::pair<size_t, size_t>>& padding) {
-    for (size_t first = 0; first < padding.size(); first += ZeroByteRanges::kMax) {
-      ZeroByteRanges f{static_cast<uint8_t*>(reserve), {}, {}, 0};
-      int64_t total = 0;
-      for (size_t k = first; k < padding.size() && f.count < ZeroByteRanges::kMax; ++k) {
-        f.offset[f.count] = int64_t(padding[k].first);
-        f.first[f.count++] = total;
-        total += int64_t(padding[k].second);
+    ZeroByteRanges f{static_cast<uint8_t*>(reserve), {}, {}};
+    for (size_t k = 0; k < padding.size(); ++k) {
+      f.offset[f.seg.count] = int64_t(padding[k].first);
+      f.seg.add(int64_t(padding[k].second));
+      if (f.seg.full() || k + 1 == padding.size()) {
+        ex.launch("zero padding", f.seg.total, f);
+        f.seg = {};
       }
-      ex.launch("zero padding", total, f);
     }
   }
 

@@ -22,28 +22,20 @@
 namespace fusedrnn {
 namespace device {
 
-// Up to kMax (16-bit array, float32 array) pairs converted in one launch; element i belongs to
-// the pair whose [start, start + n) holds it (a linear scan over at most kMax entries).
+// Up to 12 (16-bit array, float32 array) pairs converted in one launch (kernels.h Segments).
 template <class S>
 struct Conversions {
-  static constexpr int kMax = 12;
   struct Pair {
     const S* narrow_src;  // widen: read
     S* narrow_dst;        // narrow: written
     float* wide;
-    int64_t start, n;
+    int64_t n;
     bool accumulate;  // narrow: dst = narrow(widen(dst) + wide)
   };
-  Pair pairs[kMax];
-  int count = 0;
-  int64_t total = 0;
+  Pair pairs[12];
+  Segments<12> seg;
 
-  FUSEDRNN_HOST_DEVICE const Pair& find(int64_t& i) const {
-    int k = 0;
-    while (k + 1 < count && i >= pairs[k + 1].start) ++k;
-    i -= pairs[k].start;
-    return pairs[k];
-  }
+  FUSEDRNN_HOST_DEVICE const Pair& find(int64_t& i) const { return pairs[seg.find(i)]; }
 };
 
 template <class S>
@@ -65,7 +57,7 @@ struct NarrowMany {
   }
 };
 
-// Collects conversions and launches them kMax at a time; owns the float32 buffers.
+// Collects conversions and launches them 12 at a time; owns the float32 buffers.
 template <class S, class Exec>
 class Converter {
  public:
@@ -75,14 +67,14 @@ class Converter {
   const float* widened(const S* src, int64_t n) {
     if (!src) return nullptr;
     float* w = fresh(n);
-    if (n > 0) widen_.push_back({src, nullptr, w, 0, n, false});
+    if (n > 0) widen_.push_back({src, nullptr, w, n, false});
     return w;
   }
   // A float32 buffer whose contents narrow_all() rounds into dst (null: null).
   float* narrowed(S* dst, int64_t n, bool accumulate = false) {
     if (!dst) return nullptr;
     float* w = fresh(n);
-    if (n > 0) narrow_.push_back({nullptr, dst, w, 0, n, accumulate});
+    if (n > 0) narrow_.push_back({nullptr, dst, w, n, accumulate});
     return w;
   }
   void widen_all() { flush<WidenMany<S>>(widen_, "widen 16-bit"); }
@@ -96,15 +88,14 @@ class Converter {
   }
   template <class F>
   void flush(std::vector<Pair>& list, const char* name) {
-    for (size_t first = 0; first < list.size(); first += Conversions<S>::kMax) {
-      F f{};
-      for (size_t k = first; k < list.size() && f.c.count < Conversions<S>::kMax; ++k) {
-        Pair p = list[k];
-        p.start = f.c.total;
-        f.c.pairs[f.c.count++] = p;
-        f.c.total += p.n;
+    F f{};
+    for (size_t k = 0; k < list.size(); ++k) {
+      f.c.pairs[f.c.seg.count] = list[k];
+      f.c.seg.add(list[k].n);
+      if (f.c.seg.full() || k + 1 == list.size()) {
+        ex_.launch(name, f.c.seg.total, f);
+        f.c.seg = {};
       }
-      ex_.launch(name, f.c.total, f);
     }
     list.clear();
   }
