@@ -12,6 +12,7 @@ namespace bind {
 void register_stack(py::module_& m);
 void register_runtime(py::module_& m);
 void register_testing(py::module_& m);
+void register_regularised(py::module_& m);
 }  // namespace bind
 }  // namespace fusedrnn
 
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_C, m) {
   fusedrnn::bind::register_runtime(m);
   fusedrnn::bind::register_stack(m);
   fusedrnn::bind::register_testing(m);
+  fusedrnn::bind::register_regularised(m);
 }

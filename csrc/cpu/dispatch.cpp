@@ -15,6 +15,7 @@
 #include "fusedrnn/api.h"
 #include "fusedrnn/build_config.h"
 #include "fusedrnn/check.h"
+#include "fusedrnn/regularised.h"
 
 namespace fusedrnn {
 
@@ -25,6 +26,10 @@ namespace fusedrnn {
   template <class T>                                                           \
   void layer_backward_isa(CellKind kind, const BackwardParams<T>& p);          \
   uint64_t stamp_chunk_isa(const void* data, size_t bytes);                   \
+  template <class T>                                                           \
+  void reg_layer_forward_isa(const RegForwardParams<T>& p);                    \
+  template <class T>                                                           \
+  void reg_layer_backward_isa(const RegBackwardParams<T>& p);                  \
   }
 FUSEDRNN_DECLARE_ISA(isa_generic)
 #if FUSEDRNN_X86_ISAS
@@ -165,6 +170,34 @@ void content_stamps(size_t n, const void* const* data, const size_t* bytes, uint
   }
 }
 
+template <class T>
+void reg_layer_forward(const RegForwardParams<T>& p) {
+  const Isa isa = current_isa();
+  run_parallel_work([&] {
+#if FUSEDRNN_X86_ISAS
+    if (isa == Isa::Avx512) return isa_avx512::reg_layer_forward_isa<T>(p);
+    if (isa == Isa::Avx2) return isa_avx2::reg_layer_forward_isa<T>(p);
+#endif
+    return isa_generic::reg_layer_forward_isa<T>(p);
+  });
+}
+
+template <class T>
+void reg_layer_backward(const RegBackwardParams<T>& p) {
+  const Isa isa = current_isa();
+  run_parallel_work([&] {
+#if FUSEDRNN_X86_ISAS
+    if (isa == Isa::Avx512) return isa_avx512::reg_layer_backward_isa<T>(p);
+    if (isa == Isa::Avx2) return isa_avx2::reg_layer_backward_isa<T>(p);
+#endif
+    return isa_generic::reg_layer_backward_isa<T>(p);
+  });
+}
+
+template void reg_layer_forward<float>(const RegForwardParams<float>&);
+template void reg_layer_forward<double>(const RegForwardParams<double>&);
+template void reg_layer_backward<float>(const RegBackwardParams<float>&);
+template void reg_layer_backward<double>(const RegBackwardParams<double>&);
 template void layer_forward<float>(CellKind, const ForwardParams<float>&);
 template void layer_forward<double>(CellKind, const ForwardParams<double>&);
 template void layer_backward<float>(CellKind, const BackwardParams<float>&);

@@ -1,0 +1,599 @@
+#pragma once
+// CPU loop of the regularised layer (fusedrnn/regularised.h), one layer and one direction.
+//
+// Unlike the plain driver (cpu/driver.h), whose threads own blocks of hidden units for the whole
+// loop, layer normalisation needs every unit of a row at once (its mean and variance are over
+// the G*H gate vector), so here the threads split the batch rows in the pointwise phases and the
+// per-step products are GEMMs split over the whole team (gemm_par):
+//   forward:  XP = X W_ih^T (all T*B rows) -> [LN] + b_ih; W = W_hh * DropConnect once; per step:
+//             h_in = h * recurrent dropout -> HP = h_in W^T -> per row: [LN] + b_hh, the cell
+//             (LSTM: peepholes, clips, [LN of c]) [two-phase GRU: r h, its GEMM, n]
+//             [projection: GEMM] -> zoneout -> commit.
+//   backward: per step, reversed: zoneout split -> [projection GEMM] -> per row: the cell's
+//             backward, [LN] -> d h_prev = dHP W -> mask, direct paths, zoneout; after the loop
+//             the weight gradients as bulk GEMMs over all T*B rows (core/grad_recipe.h's plan).
+// Time indexing, lengths and reverse: core/step_map.h, as in the plain driver.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cells/gru.h"
+#include "cells/regularised.h"
+#include "cells/rnn.h"
+#include "cpu/driver.h"
+#include "fusedrnn/regularised.h"
+
+namespace fusedrnn {
+FUSEDRNN_ISA_BEGIN
+namespace cpu {
+
+// Runs body(b, tid) for b in [0, B) over the team (rows split in blocks); team size returned
+// through `team` so per-thread accumulators can be sized before.
+template <class F>
+void for_rows(int64_t B, int nt, F&& body) {
+  if (nt <= 1 || B <= 1) {
+    for (int64_t b = 0; b < B; ++b) body(b, 0);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t lo, hi;
+    split_range(B, team, tid, lo, hi);
+    for (int64_t b = lo; b < hi; ++b) body(b, tid);
+  }
+}
+
+template <class T>
+struct RegPlan {
+  CellKind kind;
+  int G;
+  bool lstm, gru, v1, relu, ln, proj, training;
+  int64_t Tn, B, I, H, P, R, GH, G1H, TB, S, ld_x, ld_y, steps;
+  int nt;
+  StepMap map;
+  RegLayout lay;
+
+  RegPlan(CellKind k, const LayerShape<T>& p, const RegOptions<T>& o, bool train)
+      : kind(k), G(reg_gates(k)), lstm(k == CellKind::Lstm), gru(k == CellKind::Gru),
+        v1(k == CellKind::GruV1), relu(k == CellKind::RnnRelu), ln(o.layer_norm()),
+        proj(p.proj > 0), training(train), Tn(p.steps), B(p.batch), I(p.input), H(p.hidden),
+        P(p.proj), R(p.recurrent()), GH(G * p.hidden), G1H((k == CellKind::GruV1 ? 2 : G) * H),
+        TB(p.steps * p.batch), S(0), ld_x(p.ld_x ? p.ld_x : p.input), ld_y(0),
+        steps(max_length(p.lengths, p.batch, p.steps)), nt(get_num_threads()),
+        map{p.lengths, p.steps, p.reverse},
+        lay(reg_layout(k, p.steps, p.batch, p.hidden, p.proj, o.layer_norm(),
+                       o.recurrent_dropout != nullptr, o.gate_clip, o.cell_clip)) {
+    S = lay.saved_units;
+  }
+};
+
+template <class T>
+T* at(T* base, int64_t off) {
+  return off < 0 ? nullptr : base + off;
+}
+template <class T>
+const T* at(const T* base, int64_t off) {
+  return off < 0 ? nullptr : base + off;
+}
+
+// W_hh, or W_hh * DropConnect (the call's weights, written into `scratch`).
+template <class T>
+const T* recurrent_weights(const T* w_hh, const T* mask, int64_t n, T* scratch) {
+  if (!mask) return w_hh;
+  for (int64_t k = 0; k < n; ++k) scratch[k] = w_hh[k] * mask[k];
+  return scratch;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+template <class T>
+void reg_forward(const RegForwardParams<T>& p) {
+  const RegOptions<T>& o = p.opt;
+  const RegPlan<T> pl(p.kind, p, o, p.reserve != nullptr);
+  const int64_t B = pl.B, H = pl.H, R = pl.R, GH = pl.GH, G1H = pl.G1H, TB = pl.TB, S = pl.S;
+  const int64_t ld_y = p.ld_y ? p.ld_y : R;
+  const StepMap map = pl.map;
+  T* rs = p.reserve;
+
+  Carver<T> measure(nullptr);
+  auto carve = [&](Carver<T>& cv, T** xp, T** w, T** hin, T** hp, T** h, T** c, T** cn, T** out,
+                   T** hnew, T** rh, T** sv, T** zeros) {
+    *xp = cv.take(TB * GH);
+    *w = cv.take(o.dropconnect ? GH * R : 0);
+    *hin = cv.take(o.recurrent_dropout ? B * R : 0);
+    *hp = cv.take(B * GH);
+    *h = cv.take(B * R);
+    *c = cv.take(pl.lstm ? B * H : 0);
+    *cn = cv.take(pl.lstm ? B * H : 0);
+    *out = cv.take(pl.lstm ? B * H : 0);
+    *hnew = cv.take(B * R);
+    *rh = cv.take(pl.v1 ? B * H : 0);
+    *sv = cv.take(pl.training ? 0 : B * S * H);
+    *zeros = cv.take(GH);
+  };
+  T *xp, *wbuf, *hin, *hp, *h, *c, *cn, *out, *hnew, *rh, *svs, *zeros;
+  carve(measure, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros);
+  Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
+  Carver<T> cv(ws.data());
+  carve(cv, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros);
+  std::fill(zeros, zeros + GH, T(0));
+  const T* b_ih = p.b_ih ? p.b_ih : zeros;
+  const T* b_hh = p.b_hh ? p.b_hh : zeros;
+  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  T* saved = pl.training ? rs + pl.lay.saved : nullptr;
+  T* xhat = pl.training ? at(rs, pl.lay.xhat) : nullptr;
+  T* rstd_ih = pl.training ? at(rs, pl.lay.rstd_ih) : nullptr;
+  T* hhat = pl.training ? at(rs, pl.lay.hhat) : nullptr;
+  T* rstd_hh = pl.training ? at(rs, pl.lay.rstd_hh) : nullptr;
+  T* stats_c = pl.training ? at(rs, pl.lay.stats_c) : nullptr;
+  T* h_prev_s = pl.training ? rs + pl.lay.h_prev : nullptr;
+  T* h_in_s = pl.training ? at(rs, pl.lay.h_in) : nullptr;
+  T* proj_in_s = pl.training ? at(rs, pl.lay.proj_in) : nullptr;
+
+  // The input projection for all T*B rows, normalised, b_ih added.
+  gemm_par<T>(false, true, TB, GH, pl.I, T(1), p.x, pl.ld_x, p.w_ih, pl.I, T(0), xp, GH);
+  for_rows(TB, pl.nt, [&](int64_t r, int) {
+    T* v = xp + r * GH;
+    if (pl.ln) {
+      T mean, rstd;
+      ln_stats(v, GH, o.ln_eps, mean, rstd);
+      T* vh = xhat ? xhat + r * GH : nullptr;
+      for (int64_t k = 0; k < GH; ++k) {
+        const T hat = (v[k] - mean) * rstd;
+        if (vh) vh[k] = hat;
+        v[k] = hat * o.ln_weight_ih[k] + b_ih[k];
+      }
+      if (rstd_ih) rstd_ih[r] = rstd;
+    } else {
+      for (int64_t k = 0; k < GH; ++k) v[k] += b_ih[k];
+    }
+  });
+
+  if (p.h0) std::memcpy(h, p.h0, sizeof(T) * B * R);
+  else std::fill(h, h + B * R, T(0));
+  if (pl.lstm) {
+    if (p.c0) std::memcpy(c, p.c0, sizeof(T) * B * H);
+    else std::fill(c, c + B * H, T(0));
+  }
+  const T* hg = o.recurrent_dropout ? hin : h;  // what W_hh multiplies
+
+  for (int64_t s = 0; s < pl.steps; ++s) {
+    if (o.recurrent_dropout)
+      for (int64_t k = 0; k < B * R; ++k) hin[k] = h[k] * o.recurrent_dropout[k];
+    gemm_par<T>(false, true, B, G1H, R, T(1), hg, R, w, R, T(0), hp, GH);
+
+    // Per row: the recurrent pre-activation's normalisation, then the cell (up to its output).
+    for_rows(B, pl.nt, [&](int64_t b, int) {
+      if (!map.active(s, b)) return;
+      const int64_t row = map.time(s, b) * B + b;
+      const T* xr = xp + row * GH;
+      T* hr = hp + b * GH;
+      T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
+      if (pl.training) {
+        std::memcpy(h_prev_s + row * R, h + b * R, sizeof(T) * R);
+        if (h_in_s) std::memcpy(h_in_s + row * R, hin + b * R, sizeof(T) * R);
+      }
+      if (pl.ln) {
+        T mean, rstd;
+        ln_stats(hr, GH, o.ln_eps, mean, rstd);
+        T* vh = hhat ? hhat + row * GH : nullptr;
+        for (int64_t k = 0; k < GH; ++k) {
+          const T hat = (hr[k] - mean) * rstd;
+          if (vh) vh[k] = hat;
+          hr[k] = hat * o.ln_weight_hh[k] + b_hh[k];
+        }
+        if (rstd_hh) rstd_hh[row] = rstd;
+      } else {
+        for (int64_t k = 0; k < G1H; ++k) hr[k] += b_hh[k];
+      }
+      if (pl.lstm) {
+        T* cb = c + b * H;
+        T* cnb = cn + b * H;
+        T* ob = out + b * H;
+        const T* pp = o.peephole;
+        for (int64_t j = 0; j < H; ++j) {
+          T a[4], og;
+          for (int g = 0; g < 4; ++g) a[g] = xr[g * H + j] + hr[g * H + j];
+          cnb[j] = RegLstmCell::gates(a, cb[j], pp ? pp[j] : T(0), pp ? pp[H + j] : T(0),
+                                      pp ? pp[2 * H + j] : T(0), o, sv + j, H, og);
+          ob[j] = og;  // o, until tanh(c) is known
+        }
+        if (o.ln_weight_c) {
+          T mean, rstd;
+          ln_stats(cnb, H, o.ln_eps, mean, rstd);
+          if (stats_c) stats_c[2 * row] = mean, stats_c[2 * row + 1] = rstd;
+          for (int64_t j = 0; j < H; ++j) {
+            const T tc = tanh_((cnb[j] - mean) * rstd * o.ln_weight_c[j] + o.ln_bias_c[j]);
+            sv[kSlotTanhC * H + j] = tc;
+            ob[j] *= tc;
+          }
+        } else {
+          for (int64_t j = 0; j < H; ++j) {
+            const T tc = tanh_(cnb[j]);
+            sv[kSlotTanhC * H + j] = tc;
+            ob[j] *= tc;
+          }
+        }
+        if (!pl.proj) std::memcpy(hnew + b * R, ob, sizeof(T) * H);
+        else if (pl.training) std::memcpy(proj_in_s + row * H, ob, sizeof(T) * H);
+      } else if (pl.v1) {
+        const T* hi = hg + b * R;
+        for (int64_t j = 0; j < H; ++j) {
+          T ax[3], ah[3];
+          for (int g = 0; g < 2; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
+          rh[b * H + j] = GruV1Cell::gates(ax, ah, hi[j], sv + j, H);
+        }
+      } else {
+        T dummy = 0;
+        const T* hb = h + b * R;
+        for (int64_t j = 0; j < H; ++j) {
+          T ax[3], ah[3];
+          for (int g = 0; g < pl.G; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
+          if (pl.gru) hnew[b * R + j] = GruCell::forward(ax, ah, hb[j], dummy, sv + j, H);
+          else if (pl.relu) hnew[b * R + j] = RnnReluCell::forward(ax, ah, hb[j], dummy, sv + j, H);
+          else hnew[b * R + j] = RnnTanhCell::forward(ax, ah, hb[j], dummy, sv + j, H);
+        }
+      }
+    });
+
+    if (pl.v1) {  // the n block's recurrent GEMM acts on r h_in
+      gemm_par<T>(false, true, B, H, H, T(1), rh, H, w + 2 * H * R, R, T(0), hp + 2 * H, GH);
+      for_rows(B, pl.nt, [&](int64_t b, int) {
+        if (!map.active(s, b)) return;
+        const int64_t row = map.time(s, b) * B + b;
+        const T* xr = xp + row * GH;
+        const T* hr = hp + b * GH;
+        T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
+        T dummy = 0;
+        for (int64_t j = 0; j < H; ++j) {
+          T ax[3], ah[3];
+          ax[2] = xr[2 * H + j];
+          ah[2] = hr[2 * H + j] + b_hh[2 * H + j];
+          hnew[b * R + j] = GruV1Cell::forward(ax, ah, h[b * R + j], dummy, sv + j, H);
+        }
+      });
+    }
+    if (pl.proj) gemm_par<T>(false, true, B, pl.P, H, T(1), out, H, p.w_hr, H, T(0), hnew, R);
+
+    // Zoneout and commit.
+    for_rows(B, pl.nt, [&](int64_t b, int) {
+      if (!map.active(s, b)) return;
+      const int64_t te = map.time(s, b), row = te * B + b;
+      T* hb = h + b * R;
+      const T* nb = hnew + b * R;
+      T* yb = p.y + row * ld_y;
+      if (o.zoneout_h_mask) {
+        const uint8_t* m = o.zoneout_h_mask + row * R;
+        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = m[k] ? hb[k] : nb[k];
+      } else if (o.zoneout_h != T(0)) {
+        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = zoneout_mix(o.zoneout_h, hb[k], nb[k]);
+      } else {
+        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = nb[k];
+      }
+      if (pl.lstm) {
+        T* cb = c + b * H;
+        const T* cnb = cn + b * H;
+        if (o.zoneout_c_mask) {
+          const uint8_t* m = o.zoneout_c_mask + row * H;
+          for (int64_t j = 0; j < H; ++j) cb[j] = m[j] ? cb[j] : cnb[j];
+        } else if (o.zoneout_c != T(0)) {
+          for (int64_t j = 0; j < H; ++j) cb[j] = zoneout_mix(o.zoneout_c, cb[j], cnb[j]);
+        } else {
+          std::memcpy(cb, cnb, sizeof(T) * H);
+        }
+      }
+    });
+  }
+
+  zero_padding(p.y, R, map, B, ld_y);
+  if (pl.training) {  // rows past a length: zero, so the bulk GEMMs of backward read no garbage
+    zero_padding(saved, S * H, map, B);
+    zero_padding(h_prev_s, R, map, B);
+    if (h_in_s) zero_padding(h_in_s, R, map, B);
+    if (proj_in_s) zero_padding(proj_in_s, H, map, B);
+    if (xhat) zero_padding(xhat, GH, map, B);
+    if (hhat) zero_padding(hhat, GH, map, B);
+    if (rstd_ih) zero_padding(rstd_ih, 1, map, B);
+    if (rstd_hh) zero_padding(rstd_hh, 1, map, B);
+    if (stats_c) zero_padding(stats_c, 2, map, B);
+  }
+  std::memcpy(p.h_n, h, sizeof(T) * B * R);
+  if (pl.lstm && p.c_n) std::memcpy(p.c_n, c, sizeof(T) * B * H);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+template <class T>
+void reg_backward(const RegBackwardParams<T>& p) {
+  const RegOptions<T>& o = p.opt;
+  const RegPlan<T> pl(p.kind, p, o, true);
+  const int64_t B = pl.B, I = pl.I, H = pl.H, P = pl.P, R = pl.R, GH = pl.GH, G1H = pl.G1H;
+  const int64_t TB = pl.TB, S = pl.S;
+  const int64_t ld_dy = p.ld_dy ? p.ld_dy : R;
+  const StepMap map = pl.map;
+  const T* rs = p.reserve;
+  const T* saved = rs + pl.lay.saved;
+  const T* h_prev_s = rs + pl.lay.h_prev;
+  const T* h_in_s = pl.lay.h_in >= 0 ? rs + pl.lay.h_in : h_prev_s;
+  const T* proj_in_s = at(rs, pl.lay.proj_in);
+  const T* xhat = at(rs, pl.lay.xhat);
+  const T* rstd_ih = at(rs, pl.lay.rstd_ih);
+  const T* hhat = at(rs, pl.lay.hhat);
+  const T* rstd_hh = at(rs, pl.lay.rstd_hh);
+  const T* stats_c = at(rs, pl.lay.stats_c);
+
+  // Per-thread accumulators: db_hh, d ln_weight_hh (G*H each), d ln_weight_c, d ln_bias_c (H),
+  // d peephole (3H), d ln_weight_ih (G*H).
+  const int64_t acc_w = 3 * GH + 5 * H;
+  const int nt = std::max(1, pl.nt);
+
+  Carver<T> measure(nullptr);
+  auto carve = [&](Carver<T>& cv, T** dxp, T** dhh, T** dproj, T** w, T** dh, T** dc, T** dht,
+                   T** dhnew, T** dout, T** da, T** dstep, T** dtmp, T** direct, T** drh,
+                   T** rowtmp, T** acc, T** ones, T** xz) {
+    *dxp = cv.take(TB * GH);
+    *dhh = cv.take(TB * GH);
+    *dproj = cv.take(pl.proj ? TB * P : 0);
+    *w = cv.take(o.dropconnect ? GH * R : 0);
+    *dh = cv.take(B * R);
+    *dc = cv.take(pl.lstm ? B * H : 0);
+    *dht = cv.take(B * R);
+    *dhnew = cv.take(B * R);
+    *dout = cv.take(pl.proj ? B * H : 0);
+    *da = cv.take(B * GH);
+    *dstep = cv.take(B * GH);
+    *dtmp = cv.take(B * R);
+    *direct = cv.take(B * R);
+    *drh = cv.take(pl.v1 ? B * H : 0);
+    *rowtmp = cv.take(nt * (H + 16));
+    *acc = cv.take(nt * acc_w);
+    *ones = cv.take(TB);
+    *xz = cv.take(p.lengths ? TB * I : 0);
+  };
+  T *dxp, *dhh, *dproj, *wbuf, *dh, *dc, *dht, *dhnew, *dout, *da, *dstep, *dtmp, *direct, *drh;
+  T *rowtmp, *acc, *ones, *xz;
+  carve(measure, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp,
+        &direct, &drh, &rowtmp, &acc, &ones, &xz);
+  Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
+  Carver<T> cv(ws.data());
+  carve(cv, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp, &direct,
+        &drh, &rowtmp, &acc, &ones, &xz);
+  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  zero_padding(dxp, GH, map, B);
+  zero_padding(dhh, GH, map, B);
+  if (pl.proj) zero_padding(dproj, P, map, B);
+  std::fill(acc, acc + nt * acc_w, T(0));
+  if (p.dh_n) std::memcpy(dh, p.dh_n, sizeof(T) * B * R);
+  else std::fill(dh, dh + B * R, T(0));
+  if (pl.lstm) {
+    if (p.dc_n) std::memcpy(dc, p.dc_n, sizeof(T) * B * H);
+    else std::fill(dc, dc + B * H, T(0));
+  }
+  std::fill(direct, direct + B * R, T(0));
+  auto acc_of = [&](int tid) { return acc + tid * acc_w; };
+  // offsets inside one thread's accumulators
+  const int64_t a_bhh = 0, a_lnhh = GH, a_lnih = 2 * GH, a_lnc = 3 * GH, a_lnbc = 3 * GH + H,
+                a_peep = 3 * GH + 2 * H;
+
+  for (int64_t s = pl.steps - 1; s >= 0; --s) {
+    // d h_t: the later step's and the output's; zoneout splits it.
+    for_rows(B, pl.nt, [&](int64_t b, int) {
+      T* dn = dhnew + b * R;
+      if (!map.active(s, b)) {
+        std::fill(dn, dn + R, T(0));
+        return;
+      }
+      const int64_t row = map.time(s, b) * B + b;
+      T* dt = dht + b * R;
+      const T* db = dh + b * R;
+      const T* dyr = p.dy ? p.dy + row * ld_dy : nullptr;
+      for (int64_t k = 0; k < R; ++k) dt[k] = db[k] + (dyr ? dyr[k] : T(0));
+      if (o.zoneout_h_mask) {
+        const uint8_t* m = o.zoneout_h_mask + row * R;
+        for (int64_t k = 0; k < R; ++k) dn[k] = m[k] ? T(0) : dt[k];
+      } else if (o.zoneout_h != T(0)) {
+        for (int64_t k = 0; k < R; ++k) dn[k] = (T(1) - o.zoneout_h) * dt[k];
+      } else {
+        std::memcpy(dn, dt, sizeof(T) * R);
+      }
+      if (pl.proj) std::memcpy(dproj + row * P, dn, sizeof(T) * P);
+    });
+    if (pl.proj) gemm_par<T>(false, false, B, H, P, T(1), dhnew, R, p.w_hr, H, T(0), dout, H);
+    const T* dcell = pl.proj ? dout : dhnew;  // d(cell output), (B, H) with row stride ldc
+    const int64_t ldc = pl.proj ? H : R;
+
+    for_rows(B, pl.nt, [&](int64_t b, int tid) {
+      T* dst = dstep + b * GH;
+      if (!map.active(s, b)) {
+        std::fill(dst, dst + GH, T(0));
+        return;
+      }
+      T* ac = acc_of(tid);
+      const int64_t row = map.time(s, b) * B + b;
+      const T* sv = saved + row * S * H;
+      const T* dob = dcell + b * ldc;
+      T* dxr = dxp + row * GH;
+      T* dab = da + b * GH;  // d(recurrent pre-activation after its normalisation)
+      T* dirb = direct + b * R;
+      const T* hpb = h_prev_s + row * R;
+      if (pl.lstm) {
+        T* dcb = dc + b * H;
+        T* tmp = rowtmp + tid * (H + 16);
+        const T mc = o.zoneout_c;
+        const uint8_t* mcm = o.zoneout_c_mask ? o.zoneout_c_mask + row * H : nullptr;
+        // d(tanh input) -> through the cell-state normalisation -> d c'
+        for (int64_t j = 0; j < H; ++j) tmp[j] = RegLstmCell::d_tanh_input(sv + j, H, dob[j]);
+        if (o.ln_weight_c) {
+          const T mean = stats_c[2 * row], rstd = stats_c[2 * row + 1];
+          T* chat = dxr;  // scratch: dxr is written below, after its last use here
+          const T* cv_ = sv + kSlotC * H;
+          for (int64_t j = 0; j < H; ++j) chat[j] = (cv_[j] - mean) * rstd;
+          for (int64_t j = 0; j < H; ++j) ac[a_lnbc + j] += tmp[j];
+          ln_backward_row(tmp, chat, o.ln_weight_c, rstd, H, tmp, ac + a_lnc);
+        }
+        const T* pp = o.peephole;
+        for (int64_t j = 0; j < H; ++j) {
+          const T dct = dcb[j];
+          const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
+          T dat[4];
+          const T dcp = RegLstmCell::backward(
+              sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp ? pp[j] : T(0),
+              pp ? pp[H + j] : T(0), pp ? pp[2 * H + j] : T(0), o, dat,
+              pp ? ac + a_peep + j : nullptr, H);
+          for (int g = 0; g < 4; ++g) dxr[g * H + j] = dab[g * H + j] = dat[g];
+          dcb[j] = dcp + keep * dct;
+        }
+      } else if (pl.v1) {
+        T dummy = 0;
+        for (int64_t j = 0; j < H; ++j) {
+          T dax[3], dahx[3], dd;
+          GruV1Cell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dahx, dd);
+          dxr[H + j] = dab[H + j] = dax[1];
+          dxr[2 * H + j] = dab[2 * H + j] = dax[2];
+          dirb[j] = dd;
+        }
+        return;  // the reset gate waits for d(r h)
+      } else {
+        T dummy = 0;
+        for (int64_t j = 0; j < H; ++j) {
+          T dax[3], dah[3], dd = 0;
+          if (pl.gru) {
+            GruCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
+            for (int g = 0; g < 3; ++g) dxr[g * H + j] = dax[g], dab[g * H + j] = dah[g];
+            dirb[j] = dd;
+          } else {
+            if (pl.relu) RnnReluCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
+            else RnnTanhCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
+            dxr[j] = dab[j] = dax[0];
+          }
+        }
+      }
+      for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
+      if (pl.ln) {
+        ln_backward_row(dab, hhat + row * GH, o.ln_weight_hh, rstd_hh[row], GH, dst,
+                        ac + a_lnhh);
+      } else {
+        std::memcpy(dst, dab, sizeof(T) * GH);
+      }
+      std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
+    });
+
+    if (pl.v1) {  // d(r h_in) = d(a_n) W_n, then the reset gate
+      gemm_par<T>(false, false, B, H, H, T(1), da + 2 * H, GH, w + 2 * H * R, R, T(0), drh, H);
+      for_rows(B, pl.nt, [&](int64_t b, int tid) {
+        T* dst = dstep + b * GH;
+        if (!map.active(s, b)) {
+          std::fill(dst, dst + GH, T(0));
+          return;
+        }
+        T* ac = acc_of(tid);
+        const int64_t row = map.time(s, b) * B + b;
+        const T* sv = saved + row * S * H;
+        const T* hib = h_in_s + row * R;
+        const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
+        T* dxr = dxp + row * GH;
+        T* dab = da + b * GH;
+        for (int64_t j = 0; j < H; ++j) {
+          T dar, through = 0;
+          GruV1Cell::backward_reset(sv + j, H, drh[b * H + j], hib[j], dar, through);
+          dxr[j] = dab[j] = dar;
+          direct[b * R + j] += rd ? through * rd[j] : through;
+        }
+        for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
+        std::memcpy(dst, dab, sizeof(T) * GH);
+        std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
+      });
+    }
+
+    // d h_prev = d(recurrent pre-activations) W (the blocks acting on h), masked, plus the
+    // direct paths and zoneout's share.
+    gemm_par<T>(false, false, B, R, G1H, T(1), dstep, GH, w, R, T(0), dtmp, R);
+    for_rows(B, pl.nt, [&](int64_t b, int) {
+      if (!map.active(s, b)) return;
+      const int64_t row = map.time(s, b) * B + b;
+      T* db = dh + b * R;
+      const T* tb = dtmp + b * R;
+      const T* dt = dht + b * R;
+      const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
+      const T* dir = direct + b * R;
+      const bool has_direct = pl.gru || pl.v1;
+      for (int64_t k = 0; k < R; ++k) {
+        T v = rd ? tb[k] * rd[k] : tb[k];
+        if (has_direct) v += dir[k];
+        db[k] = v;
+      }
+      if (o.zoneout_h_mask) {
+        const uint8_t* m = o.zoneout_h_mask + row * R;
+        for (int64_t k = 0; k < R; ++k) db[k] += m[k] ? dt[k] : T(0);
+      } else if (o.zoneout_h != T(0)) {
+        for (int64_t k = 0; k < R; ++k) db[k] += o.zoneout_h * dt[k];
+      }
+    });
+  }
+
+  // Final state gradients; parameter gradients from the accumulators.
+  if (p.dh0) std::memcpy(p.dh0, dh, sizeof(T) * B * R);
+  if (pl.lstm && p.dc0) std::memcpy(p.dc0, dc, sizeof(T) * B * H);
+  auto reduce = [&](int64_t off, int64_t n, T* dst) {
+    if (!dst) return;
+    for (int64_t k = 0; k < n; ++k) {
+      T v = 0;
+      for (int t = 0; t < nt; ++t) v += acc_of(t)[off + k];
+      dst[k] = v;
+    }
+  };
+  reduce(a_bhh, GH, p.db_hh);
+  reduce(a_lnhh, GH, p.d_ln_weight_hh);
+  reduce(a_lnc, H, p.d_ln_weight_c);
+  reduce(a_lnbc, H, p.d_ln_bias_c);
+  reduce(a_peep, 3 * H, p.d_peephole);
+
+  // d W_hh (of the DropConnect-ed weights, then masked): the h blocks against what W saw, the
+  // two-phase GRU's n block against r h_in.
+  T* dw = p.dw_hh;
+  gemm_par<T>(true, false, G1H, R, TB, T(1), dhh, GH, h_in_s, R, T(0), dw, R);
+  if (pl.v1)
+    gemm_par<T>(true, false, H, H, TB, T(1), dhh + 2 * H, GH, saved + 3 * H, S * H, T(0),
+                dw + 2 * H * R, R);
+  if (o.dropconnect)
+    for (int64_t k = 0; k < GH * R; ++k) dw[k] *= o.dropconnect[k];
+  if (pl.proj && p.dw_hr)
+    gemm_par<T>(true, false, P, H, TB, T(1), dproj, P, proj_in_s, H, T(0), p.dw_hr, H);
+
+  // The input side: b_ih is added after the normalisation; then back through it, row by row.
+  std::fill(ones, ones + TB, T(1));
+  if (p.db_ih) gemv_t_par<T>(TB, GH, T(1), dxp, GH, ones, T(0), p.db_ih);
+  if (pl.ln) {
+    for_rows(TB, pl.nt, [&](int64_t r, int tid) {
+      const int64_t te = r / B, b = r % B;
+      if (te >= map.len(b)) return;  // padding row: stays zero
+      ln_backward_row(dxp + r * GH, xhat + r * GH, o.ln_weight_ih, rstd_ih[r], GH, dxp + r * GH,
+                      acc_of(tid) + a_lnih);
+    });
+    reduce(a_lnih, GH, p.d_ln_weight_ih);
+  }
+  if (p.dx) gemm_par<T>(false, false, TB, I, GH, T(1), dxp, GH, p.w_ih, I, T(0), p.dx, I);
+  // d W_ih over the valid rows: padding rows of x may hold anything (NaN times a zero
+  // gradient would still be NaN), so they are zeroed in a copy when lengths are given.
+  const T* xv = p.x;
+  int64_t ldx = pl.ld_x;
+  if (p.lengths) {
+    for (int64_t r = 0; r < TB; ++r) {
+      const int64_t te = r / B, b = r % B;
+      if (te < map.len(b)) std::memcpy(xz + r * I, p.x + r * ldx, sizeof(T) * I);
+      else std::fill(xz + r * I, xz + (r + 1) * I, T(0));
+    }
+    xv = xz, ldx = I;
+  }
+  gemm_par<T>(true, false, GH, I, TB, T(1), dxp, GH, xv, ldx, T(0), p.dw_ih, I);
+}
+
+}  // namespace cpu
+FUSEDRNN_ISA_END
+}  // namespace fusedrnn
