@@ -2,6 +2,7 @@
 // option, allocate the outputs and the training state, release the GIL, call the CPU kernels.
 // Also the counter-based masks the options draw (core/dropout.h's generator).
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 #include <pybind11/pybind11.h>
 
 #include <cmath>
