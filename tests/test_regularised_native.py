@@ -81,6 +81,7 @@ def _reference_options(ctx, reg, base):
     out = []
     for k, masks in enumerate(ctx.masks):
         o = dict(ctx.layers[k]["opts"])
+        assert all(o[key] is masks[key] for key in masks)  # ctx.masks: what the kernels used
         for key in ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c",
                     "weight_peephole"):
             o.pop(key, None)
