@@ -281,8 +281,9 @@ def test_native_entry_checks_masks_and_rates():
         _C.reg_layer_forward(*args, True, {"zoneout_h_mask": np.full((T, B, 8), 2, np.uint8)})
     with pytest.raises(TypeError, match="uint8 or bool"):
         _C.reg_layer_forward(*args, True, {"zoneout_h_mask": np.zeros((T, B, 8), np.float32)})
-    with pytest.raises(ValueError, match="masks"):
-        _C.reg_layer_forward(*args, True, {"zoneout_h": 0.2})
+    with pytest.raises(ValueError, match="exclusive"):
+        _C.reg_layer_forward(*args, True, {"zoneout_h": 0.2,
+                                           "zoneout_h_mask": np.zeros((T, B, 8), np.uint8)})
     with pytest.raises(ValueError, match="unknown option"):
         _C.reg_layer_forward(*args, False, {"zonout_h": 0.2})
     with pytest.raises(ValueError, match="reserve must have shape"):

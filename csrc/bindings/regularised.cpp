@@ -351,10 +351,6 @@ py::tuple py_reg_forward(int kind, py::handle x, py::handle w_ih, py::handle w_h
                          py::dict opts) {
   const RegCall c = validate(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
                              opts);
-  if (training)
-    FUSEDRNN_CHECK(c.zoneout_h == 0 && c.zoneout_c == 0,
-                   "a training call zones out with masks (zoneout_h_mask, zoneout_c_mask); the "
-                   "rates zoneout_h/zoneout_c are inference's expectation");
   return c.dtype == DType::Float64 ? forward_t<double>(c, training) : forward_t<float>(c, training);
 }
 
@@ -364,8 +360,6 @@ py::dict py_reg_backward(int kind, py::handle x, py::handle w_ih, py::handle w_h
                          py::handle dh_n, py::handle dc_n) {
   const RegCall c = validate(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, py::none(), py::none(),
                              lengths, reverse, opts);
-  FUSEDRNN_CHECK(c.zoneout_h == 0 && c.zoneout_c == 0,
-                 "backward runs after a training forward, which takes zoneout masks, not rates");
   return c.dtype == DType::Float64 ? backward_t<double>(c, reserve, dy, dh_n, dc_n)
                                    : backward_t<float>(c, reserve, dy, dh_n, dc_n);
 }

@@ -180,8 +180,8 @@ def _bits(shape, p, seed, purpose, index, keep):
     return _C.draw_bits(list(shape), float(p), int(seed) & (2**64 - 1), purpose, int(index), keep)
 
 
-def _layer_options(reg, mode, training, seed, k, T, B, H, R, dt):
-    """The native options of layer-direction k, and the masks drawn (training)."""
+def _layer_options(reg, mode, stochastic, seed, k, T, B, H, R, dt):
+    """The native options of layer-direction k, and the masks drawn (stochastic)."""
     G = _GATES[mode]
     o: Dict[str, Any] = {}
     masks: Dict[str, np.ndarray] = {}
@@ -191,7 +191,7 @@ def _layer_options(reg, mode, training, seed, k, T, B, H, R, dt):
         o["cell_clip"] = _bounds("cell_clip", reg.cell_clip, False)
     if reg.layer_norm:
         o["ln_eps"] = float(reg.ln_eps)
-    if training:
+    if stochastic:
         if reg.zoneout_h:
             masks["zoneout_h_mask"] = _bits((T, B, R), reg.zoneout_h, seed, _ZONEOUT_H, k, False)
         if reg.zoneout_c and mode == "lstm":
@@ -241,11 +241,17 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
                   h0: Optional[np.ndarray] = None, c0: Optional[np.ndarray] = None,
                   lengths: Optional[Sequence[int]] = None, batch_first: bool = False,
                   dropout: float = 0.0, seed: int = 0, reset_after: bool = True,
-                  training: bool = True
+                  training: bool = True, stochastic: Optional[bool] = None
                   ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[RegContext]]:
     """A regularised stack (module docstring). Returns ``(y, h_n, c_n, ctx)`` as
     :func:`fusedrnn.functional.stack_forward`: y (T, B, D*R) (batch-first if asked), h_n
-    (L*D, B, R), c_n (L*D, B, H) or None, ctx (None unless ``training``)."""
+    (L*D, B, R), c_n (L*D, B, H) or None, ctx (None unless ``training``).
+
+    ``training`` keeps what :func:`stack_backward` needs; ``stochastic`` (default: ``training``)
+    draws the masks (zoneout, recurrent dropout, DropConnect, dropout between layers) rather
+    than running inference's expectation: a module in eval mode that still wants gradients
+    runs ``training=True, stochastic=False``."""
+    stochastic = training if stochastic is None else bool(stochastic)
     if not isinstance(reg, Regularisation):
         raise TypeError(f"reg must be a fusedrnn.regularised.Regularisation, got "
                         f"{type(reg).__name__}")
@@ -307,7 +313,7 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
             w_hr = params.get("weight_hr" + sfx)
             R = w_hh.shape[1]
             H = params["weight_ih" + sfx].shape[0] // _GATES[mode]
-            opts, m = _layer_options(reg, mode, training, seed, k, T, B, H, R, dt)
+            opts, m = _layer_options(reg, mode, stochastic, seed, k, T, B, H, R, dt)
             for name in param_names(mode, reg, layer, d):
                 opts[name[:-len(sfx)]] = params[name]
             args = (kind, layer_in, params["weight_ih" + sfx], w_hh, params.get("bias_ih" + sfx),
@@ -320,7 +326,7 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
             layers.append(dict(args=args[:7], opts=opts, reserve=reserve))
             masks.append(m)
         out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        if layer < num_layers - 1 and training and dropout > 0:
+        if layer < num_layers - 1 and stochastic and dropout > 0:
             keep = _bits(out.shape, dropout, seed, _BETWEEN, layer, True)
             mask = keep.astype(dt) * (dt.type(1 / (1 - dropout)) if dropout < 1 else dt.type(0))
             out = out * mask

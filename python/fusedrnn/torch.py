@@ -130,7 +130,8 @@ from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSp
                            rnn_mode, split_state)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase",
-           "to_torch", "from_torch", "swap_modules"]
+           "RegularisedRNN", "RegularisedLSTM", "RegularisedGRU", "to_torch", "from_torch",
+           "swap_modules"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CUDA_16BIT = (torch.bfloat16, torch.float16)  # stored in 16 bits, computed in float32
@@ -378,8 +379,8 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional,
                       batch_first=batch_first, dropout=spec.dropout if dropout_active else 0.0,
                       seed=0, reset_after=spec.reset_after, lengths=lengths)
-        y, h_n, c_n = _run_stack(cfg, x, h0, c0 if is_lstm else None, weights, dropout_active,
-                                 _draw_seed() if dropout_active else None)
+        y, h_n, c_n = self._run_layers(cfg, x, h0, c0 if is_lstm else None, weights,
+                                       dropout_active)
 
         if packed:
             out_data = pack_padded_sequence(y, lens, batch_first=False, enforce_sorted=True).data
@@ -394,6 +395,13 @@ class RNNBase(RNNSpecFields, torch.nn.Module):
                 h_n = h_n.squeeze(1)
                 c_n = None if c_n is None else c_n.squeeze(1)
         return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+
+
+    def _run_layers(self, cfg, x, h0, c0, weights, dropout_active):
+        """The stack on prepared tensors (time-major unless ``cfg.batch_first``). Returns
+        (y, h_n, c_n or None)."""
+        return _run_stack(cfg, x, h0, c0, weights, dropout_active,
+                          _draw_seed() if dropout_active else None)
 
 
 class RNN(RNNBase):
@@ -568,6 +576,233 @@ class GRUCell(RNNCellBase):
 
 
 # --------------------------------------------------------------------------------------------
+# Regularised RNN / LSTM / GRU (fusedrnn.regularised: layer norm, zoneout, recurrent dropout,
+# DropConnect, clipping, peepholes), CPU kernels.
+
+
+class _RegularisedStack(torch.autograd.Function):
+    """The regularised stack (fusedrnn.regularised) as one autograd node: forward and BPTT are
+    one native call per layer and direction. First-order only."""
+
+    @staticmethod
+    def forward(ctx, meta, x, h0, c0, *tensors):
+        import fusedrnn.regularised as fr
+        names = meta["names"]
+        arrays = {n: t.detach().numpy() for n, t in zip(names, tensors)}
+        lengths = meta["lengths"]
+        y, h_n, c_n, rctx = fr.stack_forward(
+            meta["mode"], x.detach().numpy(), arrays, reg=meta["reg"],
+            num_layers=meta["num_layers"], bidirectional=meta["bidirectional"],
+            h0=None if h0 is None else h0.detach().numpy(),
+            c0=None if c0 is None else c0.detach().numpy(),
+            lengths=None if lengths is None else lengths.numpy(),
+            batch_first=meta["batch_first"], dropout=meta["dropout"], seed=meta["seed"],
+            reset_after=meta["reset_after"], training=meta["needs_grad"],
+            stochastic=meta["stochastic"])
+        ctx.rctx = rctx
+        ctx.names = names
+        ctx.has_state = (h0 is not None, c0 is not None)
+        # saved so autograd's version counters catch an in-place change before backward
+        ctx.save_for_backward(x, h0, c0, *tensors)
+        out = (torch.from_numpy(y), torch.from_numpy(h_n))
+        return out + ((torch.from_numpy(c_n),) if c_n is not None else (None,))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        import fusedrnn.regularised as fr
+        ctx.saved_tensors  # noqa: B018 (raises if one was modified in place)
+
+        def arr(t):
+            return None if t is None else t.detach().contiguous().numpy()
+
+        dx, dh0, dc0, grads = fr.stack_backward(ctx.rctx, arr(dy), arr(dh_n), arr(dc_n))
+        weights = [torch.from_numpy(grads[n]) if n in grads else None for n in ctx.names]
+        return (None, torch.from_numpy(dx),
+                torch.from_numpy(dh0) if ctx.has_state[0] else None,
+                torch.from_numpy(dc0) if ctx.has_state[1] and dc0 is not None else None,
+                *weights)
+
+
+class _RegularisedBase(RNNBase):
+    """Base of :class:`RegularisedRNN`, :class:`RegularisedLSTM` and :class:`RegularisedGRU`:
+    torch.nn's RNN/LSTM/GRU (same arguments, parameters, inputs and outputs) plus the options
+    of :class:`fusedrnn.regularised.Regularisation` as keyword arguments, and their parameters
+    (``ln_weight_ih_l0`` ..., ``weight_peephole_l0`` ...). Training mode draws the masks
+    (zoneout, recurrent dropout, DropConnect, dropout between layers) from fusedrnn's
+    counter-based generator, seeded by one ``torch.randint`` draw per forward; eval mode runs
+    zoneout's expectation and no dropout. CPU tensors, float32 and float64 (the CUDA backend
+    has no regularised kernels yet: ``NotImplementedError``); first-order gradients (a
+    ``create_graph=True`` backward raises)."""
+
+    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, proj_size, device, dtype, reg, forget_bias=None,
+                 reset_after=True):
+        import fusedrnn.regularised as fr
+        reg.check_mode(rnn_mode_of(mode), reset_after)
+        self.reg = reg
+        self.forget_bias = forget_bias
+        if forget_bias is not None and mode != "LSTM":
+            raise ValueError("forget_bias is for the LSTM only")
+        self._reg_shapes = fr.param_shapes(rnn_mode_of(mode), reg, hidden_size, num_layers,
+                                           bidirectional)
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, reset_after=reset_after)
+
+    def _register_reg_params(self):
+        for name, shape in self._reg_shapes.items():
+            if name not in self._parameters:
+                ref = self.weight_ih_l0
+                setattr(self, name, Parameter(torch.empty(shape, device=ref.device,
+                                                          dtype=ref.dtype)))
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation for torch.nn's parameters; layer-norm gains 1 and the cell
+        state's shift 0 (Haste), peepholes 0; with ``forget_bias`` the LSTM's forget-gate bias
+        (``bias_ih`` rows H:2H, ``bias_hh`` there 0)."""
+        self._register_reg_params()
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                if name in self._reg_shapes:
+                    base = name.rsplit("_l", 1)[0]
+                    weight.fill_(1.0 if base.startswith("ln_weight") else 0.0)
+                else:
+                    init.uniform_(weight, -stdv, stdv)
+            if self.forget_bias is not None and self.bias:
+                H = self.hidden_size
+                for name, weight in self.named_parameters():
+                    if name.startswith("bias_ih"):
+                        weight[H:2 * H] = float(self.forget_bias)
+                    elif name.startswith("bias_hh"):
+                        weight[H:2 * H] = 0.0
+
+    def extra_repr(self) -> str:
+        opts = [f"{f}={getattr(self.reg, f)!r}" for f in (
+            "layer_norm", "zoneout_h", "zoneout_c", "recurrent_dropout", "dropconnect",
+            "gate_clip", "cell_clip", "peepholes") if getattr(self.reg, f) != getattr(
+                type(self.reg)(), f)]
+        if self.forget_bias is not None:
+            opts.append(f"forget_bias={self.forget_bias!r}")
+        return ", ".join([super().extra_repr()] + opts)
+
+    def forward(self, input, hx=None):
+        if _use_torch_nn_ops():
+            raise RuntimeError(
+                f"{type(self).__name__}: torch.func transforms and ONNX export run torch.nn's "
+                f"own ops, and torch.nn has no regularised RNN cells")
+        return super().forward(input, hx)
+
+    def _run_layers(self, cfg, x, h0, c0, weights, dropout_active):
+        if x.device.type != "cpu":
+            raise NotImplementedError(
+                f"{type(self).__name__}: the regularised kernels run on the CPU; the CUDA "
+                f"backend has no regularised kernels yet (got a tensor on {x.device})")
+        if x.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{type(self).__name__}: float32 or float64 tensors, got {x.dtype}")
+        reg_names = list(self._reg_shapes)
+        reg_tensors = [getattr(self, n) for n in reg_names]
+        for name, t in zip(reg_names, reg_tensors):
+            if t.dtype != x.dtype or t.device != x.device:
+                raise RuntimeError(f"{type(self).__name__}: {name} is {t.dtype} on {t.device}, "
+                                   f"the input {x.dtype} on {x.device}")
+        tensors = list(weights) + reg_tensors
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, *tensors))
+        stochastic = self.training and (
+            dropout_active or any(getattr(self.reg, f) for f in (
+                "zoneout_h", "zoneout_c", "recurrent_dropout", "dropconnect")))
+        lengths = cfg.lengths
+        if lengths is not None:
+            lengths = lengths.detach().to("cpu")
+        meta = dict(names=list(cfg.names) + reg_names, mode=self.spec.mode, reg=self.reg,
+                    num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
+                    batch_first=cfg.batch_first, dropout=cfg.dropout,
+                    seed=int(_draw_seed()) if stochastic else 0, reset_after=cfg.reset_after,
+                    lengths=lengths, needs_grad=needs_grad, stochastic=stochastic)
+        x = x.contiguous()
+        y, h_n, c_n = _RegularisedStack.apply(meta, x, h0, c0, *tensors)
+        return y, h_n, c_n
+
+
+def rnn_mode_of(torch_mode):
+    """fusedrnn.regularised's mode of torch.nn's mode name."""
+    return torch_mode.lower()  # "LSTM", "GRU", "rnn_tanh", "rnn_relu" as RNNBase takes them
+
+
+_REG_DOC = """
+
+    Options (keyword only; :class:`fusedrnn.regularised.Regularisation`): ``layer_norm``,
+    ``zoneout_h``, ``zoneout_c`` (LSTM), ``recurrent_dropout``, ``dropconnect``, ``gate_clip``
+    (LSTM), ``cell_clip`` (LSTM), ``peepholes`` (LSTM), ``ln_eps``; ``forget_bias`` (LSTM: the
+    forget gate's initial bias, Keras' ``unit_forget_bias`` is 1.0). See
+    :class:`_RegularisedBase` for modes, devices and gradients."""
+
+
+def _reg_kwargs(layer_norm, zoneout_h, zoneout_c, recurrent_dropout, dropconnect, gate_clip,
+                cell_clip, peepholes, ln_eps):
+    from fusedrnn.regularised import Regularisation
+    return Regularisation(layer_norm=layer_norm, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+                          recurrent_dropout=recurrent_dropout, dropconnect=dropconnect,
+                          gate_clip=gate_clip, cell_clip=cell_clip, peepholes=peepholes,
+                          ln_eps=ln_eps)
+
+
+class RegularisedLSTM(_RegularisedBase):
+    __doc__ = ("LSTM with the regularisations of :mod:`fusedrnn.regularised` (Haste's "
+               "``LayerNormLSTM`` with ``layer_norm=True, zoneout_h=...``)." + _REG_DOC)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None, *,
+                 layer_norm: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 gate_clip: Optional[float] = None, cell_clip=None, peepholes: bool = False,
+                 ln_eps: float = 1e-5, forget_bias: Optional[float] = None):
+        reg = _reg_kwargs(layer_norm, zoneout_h, zoneout_c, recurrent_dropout, dropconnect,
+                          gate_clip, cell_clip, peepholes, ln_eps)
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype, reg, forget_bias)
+
+
+class RegularisedGRU(_RegularisedBase):
+    __doc__ = ("GRU with the regularisations of :mod:`fusedrnn.regularised` (layer norm, "
+               "zoneout_h, recurrent_dropout, dropconnect)." + _REG_DOC)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *,
+                 reset_after: bool = True, layer_norm: bool = False, zoneout_h: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 ln_eps: float = 1e-5):
+        reg = _reg_kwargs(layer_norm, zoneout_h, 0.0, recurrent_dropout, dropconnect, None,
+                          None, False, ln_eps)
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype, reg,
+                         reset_after=reset_after)
+
+
+class RegularisedRNN(_RegularisedBase):
+    __doc__ = ("Elman RNN with the regularisations of :mod:`fusedrnn.regularised` (layer "
+               "norm, zoneout_h, recurrent_dropout, dropconnect)." + _REG_DOC)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 layer_norm: bool = False, zoneout_h: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 ln_eps: float = 1e-5):
+        reg = _reg_kwargs(layer_norm, zoneout_h, 0.0, recurrent_dropout, dropconnect, None,
+                          None, False, ln_eps)
+        super().__init__(rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, device, dtype, reg)
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.spec.nonlinearity
+
+
+# --------------------------------------------------------------------------------------------
 # Conversions (the classes are not torch.nn's: docs/design.md §3.1 says why)
 
 
@@ -579,6 +814,9 @@ def to_torch(module: Union[RNNBase, RNNCellBase]) -> torch.nn.Module:
     counterpart (RuntimeError)."""
     if not isinstance(module, (RNNBase, RNNCellBase)):
         raise TypeError(f"to_torch: expected a fusedrnn.torch module, got {type(module).__name__}")
+    if isinstance(module, _RegularisedBase):
+        raise TypeError(f"to_torch: {type(module).__name__} has no torch.nn counterpart "
+                        f"(torch.nn has no regularised RNN cells)")
     return _as_torch_nn(module)  # built on the meta device; its parameters are ours
 
 
@@ -605,7 +843,8 @@ def swap_modules(model: torch.nn.Module, to: str) -> torch.nn.Module:
         raise ValueError(f"to must be 'fusedrnn' or 'torch', got {to!r}")
 
     def convert(m):
-        if to == "torch" and isinstance(m, (RNNBase, RNNCellBase)):
+        if to == "torch" and isinstance(m, (RNNBase, RNNCellBase)) and \
+                not isinstance(m, _RegularisedBase):
             return to_torch(m)
         if to == "fusedrnn" and type(m).__name__ in _TORCH_NN_CLASSES and \
                 isinstance(m, (torch.nn.RNNBase, torch.nn.RNNCellBase)):
