@@ -12,17 +12,36 @@
 namespace fusedrnn {
 FUSEDRNN_ISA_BEGIN
 
+// Sum of v[0, n) in kAcc interleaved partial sums, so the loop vectorises without reassociating
+// a single chain (no -ffast-math here).
+template <class T>
+FUSEDRNN_HOST_DEVICE T row_sum(const T* v, int64_t n) {
+  constexpr int kAcc = 16;
+  T acc[kAcc] = {};
+  int64_t k = 0;
+  for (; k + kAcc <= n; k += kAcc)
+    for (int u = 0; u < kAcc; ++u) acc[u] += v[k + u];
+  T s = 0;
+  for (; k < n; ++k) s += v[k];
+  for (int u = 0; u < kAcc; ++u) s += acc[u];
+  return s;
+}
+
 // Mean and 1/sqrt(biased variance + eps) of v[0, n), two passes (exact for large means).
 template <class T>
 FUSEDRNN_HOST_DEVICE void ln_stats(const T* v, int64_t n, T eps, T& mean, T& rstd) {
-  T s = 0;
-  for (int64_t k = 0; k < n; ++k) s += v[k];
-  mean = s / T(n);
+  mean = row_sum(v, n) / T(n);
+  constexpr int kAcc = 16;
+  T acc[kAcc] = {};
+  int64_t k = 0;
+  for (; k + kAcc <= n; k += kAcc)
+    for (int u = 0; u < kAcc; ++u) {
+      const T d = v[k + u] - mean;
+      acc[u] += d * d;
+    }
   T q = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const T d = v[k] - mean;
-    q += d * d;
-  }
+  for (; k < n; ++k) q += (v[k] - mean) * (v[k] - mean);
+  for (int u = 0; u < kAcc; ++u) q += acc[u];
   rstd = T(1) / std::sqrt(q / T(n) + eps);
 }
 
@@ -32,22 +51,32 @@ FUSEDRNN_HOST_DEVICE void ln_stats(const T* v, int64_t n, T eps, T& mean, T& rst
 template <class T>
 FUSEDRNN_HOST_DEVICE void ln_backward_row(const T* dy, const T* v_hat, const T* gamma, T rstd,
                                           int64_t n, T* dv, T* dgamma) {
+  constexpr int kAcc = 16;
+  T ag[kAcc] = {}, agv[kAcc] = {};
+  int64_t k = 0;
+  for (; k + kAcc <= n; k += kAcc)
+    for (int u = 0; u < kAcc; ++u) {
+      const T g = dy[k + u] * gamma[k + u];
+      ag[u] += g;
+      agv[u] += g * v_hat[k + u];
+    }
   T sg = 0, sgv = 0;
-  for (int64_t k = 0; k < n; ++k) {
+  for (; k < n; ++k) {
     const T g = dy[k] * gamma[k];
     sg += g;
     sgv += g * v_hat[k];
-    dgamma[k] += dy[k] * v_hat[k];
   }
+  for (int u = 0; u < kAcc; ++u) sg += ag[u], sgv += agv[u];
+  for (k = 0; k < n; ++k) dgamma[k] += dy[k] * v_hat[k];
   const T mg = sg / T(n), mgv = sgv / T(n);
-  for (int64_t k = 0; k < n; ++k) dv[k] = rstd * (dy[k] * gamma[k] - mg - v_hat[k] * mgv);
+  for (k = 0; k < n; ++k) dv[k] = rstd * (dy[k] * gamma[k] - mg - v_hat[k] * mgv);
 }
 
-// clip(v, lo, hi) when on; keep = 1 where v passed (lo <= v <= hi), else 0: the gradient's
+// clip(v, lo, hi) when kOn; keep = 1 where v passed (lo <= v <= hi), else 0: the gradient's
 // factor. NaN passes through with keep 0, as the reference's np.clip and mask.
-template <class T>
-FUSEDRNN_HOST_DEVICE T clip_keep(T v, bool on, T lo, T hi, T& keep) {
-  if (!on) {
+template <bool kOn, class T>
+FUSEDRNN_HOST_DEVICE T clip_keep(T v, T lo, T hi, T& keep) {
+  if (!kOn) {
     keep = T(1);
     return v;
   }
@@ -65,17 +94,18 @@ FUSEDRNN_HOST_DEVICE T zoneout_mix(T m, T prev, T fresh) {
 // The LSTM step with the options (gate order i, f, g, o; peepholes [p_i, p_o, p_f]).
 struct RegLstmCell {
   // Gates and the new (clipped) cell state of one unit; saves every slot but tanh(c) (the
-  // normalised cell state needs the whole row first: finish() then writes it). a: the unit's
-  // four pre-activations, biases in; p: its peepholes (p_i, p_o, p_f; zeros without).
-  template <class T>
+  // normalised cell state needs the whole row first: the driver then writes it). a: the unit's
+  // four pre-activations, biases in; p: its peepholes (p_i, p_o, p_f; zeros without). The
+  // clips are template flags, so the driver's loop over units has no branch and vectorises.
+  template <bool kGateClip, bool kCellClip, class T>
   FUSEDRNN_HOST_DEVICE static T gates(const T* a, T c_prev, T p_i, T p_o, T p_f,
                                       const RegOptions<T>& o, T* sv, int64_t ss, T& gate_o) {
     T k_i, k_f, k_g, k_o, k_c;
-    const T i = sigmoid(clip_keep(a[0] + p_i * c_prev, o.gate_clip, o.gate_lo, o.gate_hi, k_i));
-    const T f = sigmoid(clip_keep(a[1] + p_f * c_prev, o.gate_clip, o.gate_lo, o.gate_hi, k_f));
-    const T g = tanh_(clip_keep(a[2], o.gate_clip, o.gate_lo, o.gate_hi, k_g));
-    const T c = clip_keep(f * c_prev + i * g, o.cell_clip, o.cell_lo, o.cell_hi, k_c);
-    const T og = sigmoid(clip_keep(a[3] + p_o * c, o.gate_clip, o.gate_lo, o.gate_hi, k_o));
+    const T i = sigmoid(clip_keep<kGateClip>(a[0] + p_i * c_prev, o.gate_lo, o.gate_hi, k_i));
+    const T f = sigmoid(clip_keep<kGateClip>(a[1] + p_f * c_prev, o.gate_lo, o.gate_hi, k_f));
+    const T g = tanh_(clip_keep<kGateClip>(a[2], o.gate_lo, o.gate_hi, k_g));
+    const T c = clip_keep<kCellClip>(f * c_prev + i * g, o.cell_lo, o.cell_hi, k_c);
+    const T og = sigmoid(clip_keep<kGateClip>(a[3] + p_o * c, o.gate_lo, o.gate_hi, k_o));
     sv[kSlotI * ss] = i;
     sv[kSlotF * ss] = f;
     sv[kSlotG * ss] = g;
@@ -83,13 +113,13 @@ struct RegLstmCell {
     sv[kSlotCPrev * ss] = c_prev;
     sv[kSlotC * ss] = c;
     int slot = kLstmSlots;
-    if (o.gate_clip) {
+    if (kGateClip) {
       sv[slot++ * ss] = k_i;
       sv[slot++ * ss] = k_f;
       sv[slot++ * ss] = k_g;
       sv[slot++ * ss] = k_o;
     }
-    if (o.cell_clip) sv[slot * ss] = k_c;
+    if (kCellClip) sv[slot * ss] = k_c;
     gate_o = og;
     return c;
   }
@@ -104,22 +134,21 @@ struct RegLstmCell {
   // Backward of one unit. dc_total: d(c) from the later step plus d(c) through tanh (and its
   // normalisation); writes the four d(pre-activations), returns d(c_prev) and adds the
   // peepholes' gradient terms (dp: [d p_i, d p_o, d p_f] of this unit, strided by ss_p).
-  template <class T>
+  template <bool kGateClip, bool kCellClip, class T>
   FUSEDRNN_HOST_DEVICE static T backward(const T* sv, int64_t ss, T dout, T dc_total, T p_i,
-                                         T p_o, T p_f, const RegOptions<T>& o, T* da,
-                                         T* dp, int64_t ss_p) {
+                                         T p_o, T p_f, T* da, T* dp, int64_t ss_p) {
     const T i = sv[kSlotI * ss], f = sv[kSlotF * ss], g = sv[kSlotG * ss];
     const T og = sv[kSlotO * ss], c_prev = sv[kSlotCPrev * ss], c = sv[kSlotC * ss];
     const T tc = sv[kSlotTanhC * ss];
     T k_i = 1, k_f = 1, k_g = 1, k_o = 1, k_c = 1;
     int slot = kLstmSlots;
-    if (o.gate_clip) {
+    if (kGateClip) {
       k_i = sv[slot++ * ss];
       k_f = sv[slot++ * ss];
       k_g = sv[slot++ * ss];
       k_o = sv[slot++ * ss];
     }
-    if (o.cell_clip) k_c = sv[slot * ss];
+    if (kCellClip) k_c = sv[slot * ss];
     const T da_o = k_o * (dout * tc * og * (T(1) - og));
     const T dcc = k_c * (dc_total + da_o * p_o);  // d(f c_prev + i g)
     const T da_i = k_i * (dcc * g * i * (T(1) - i));
@@ -128,11 +157,9 @@ struct RegLstmCell {
     da[1] = da_f;
     da[2] = k_g * (dcc * i * (T(1) - g * g));
     da[3] = da_o;
-    if (dp) {
-      dp[0] += da_i * c_prev;
-      dp[ss_p] += da_o * c;
-      dp[2 * ss_p] += da_f * c_prev;
-    }
+    dp[0] += da_i * c_prev;
+    dp[ss_p] += da_o * c;
+    dp[2 * ss_p] += da_f * c_prev;
     return dcc * f + da_i * p_i + da_f * p_f;
   }
 };

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cells/gru.h"
@@ -88,6 +89,21 @@ const T* recurrent_weights(const T* w_hh, const T* mask, int64_t n, T* scratch) 
   return scratch;
 }
 
+// Calls f(gate_clip, cell_clip) with the two clip flags as compile-time constants, so the loops
+// over units inside f have no branch on them.
+template <class T, class F>
+void with_clips(const RegOptions<T>& o, F&& f) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (o.gate_clip) {
+    if (o.cell_clip) f(Yes{}, Yes{});
+    else f(Yes{}, No{});
+  } else {
+    if (o.cell_clip) f(No{}, Yes{});
+    else f(No{}, No{});
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -102,8 +118,9 @@ void reg_forward(const RegForwardParams<T>& p) {
 
   Carver<T> measure(nullptr);
   auto carve = [&](Carver<T>& cv, T** xp, T** w, T** hin, T** hp, T** h, T** c, T** cn, T** out,
-                   T** hnew, T** rh, T** sv, T** zeros) {
+                   T** hnew, T** rh, T** sv, T** zeros, T** wpack) {
     *xp = cv.take(TB * GH);
+    *wpack = cv.take(B >= panel_min_rows() ? (G1H + kLanes * pl.nt) * R : 0);
     *w = cv.take(o.dropconnect ? GH * R : 0);
     *hin = cv.take(o.recurrent_dropout ? B * R : 0);
     *hp = cv.take(B * GH);
@@ -116,11 +133,11 @@ void reg_forward(const RegForwardParams<T>& p) {
     *sv = cv.take(pl.training ? 0 : B * S * H);
     *zeros = cv.take(GH);
   };
-  T *xp, *wbuf, *hin, *hp, *h, *c, *cn, *out, *hnew, *rh, *svs, *zeros;
-  carve(measure, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros);
+  T *xp, *wbuf, *hin, *hp, *h, *c, *cn, *out, *hnew, *rh, *svs, *zeros, *wpack;
+  carve(measure, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack);
   Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
   Carver<T> cv(ws.data());
-  carve(cv, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros);
+  carve(cv, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack);
   std::fill(zeros, zeros + GH, T(0));
   const T* b_ih = p.b_ih ? p.b_ih : zeros;
   const T* b_hh = p.b_hh ? p.b_hh : zeros;
@@ -162,132 +179,177 @@ void reg_forward(const RegForwardParams<T>& p) {
   }
   const T* hg = o.recurrent_dropout ? hin : h;  // what W_hh multiplies
 
-  for (int64_t s = 0; s < pl.steps; ++s) {
-    if (o.recurrent_dropout)
-      for (int64_t k = 0; k < B * R; ++k) hin[k] = h[k] * o.recurrent_dropout[k];
-    gemm_par<T>(false, true, B, G1H, R, T(1), hg, R, w, R, T(0), hp, GH);
-
-    // Per row: the recurrent pre-activation's normalisation, then the cell (up to its output).
-    for_rows(B, pl.nt, [&](int64_t b, int) {
-      if (!map.active(s, b)) return;
-      const int64_t row = map.time(s, b) * B + b;
-      const T* xr = xp + row * GH;
-      T* hr = hp + b * GH;
-      T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
-      if (pl.training) {
-        std::memcpy(h_prev_s + row * R, h + b * R, sizeof(T) * R);
-        if (h_in_s) std::memcpy(h_in_s + row * R, hin + b * R, sizeof(T) * R);
+  // The phases of one step for one batch row (the region below runs them).
+  // Per row: the recurrent pre-activation's normalisation, then the cell (up to its output).
+  auto forward_row = [&](int64_t s, int64_t b) {
+    if (!map.active(s, b)) return;
+    const int64_t row = map.time(s, b) * B + b;
+    const T* xr = xp + row * GH;
+    T* hr = hp + b * GH;
+    T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
+    if (pl.training) {
+      std::memcpy(h_prev_s + row * R, h + b * R, sizeof(T) * R);
+      if (h_in_s) std::memcpy(h_in_s + row * R, hin + b * R, sizeof(T) * R);
+    }
+    if (pl.ln) {
+      T mean, rstd;
+      ln_stats(hr, GH, o.ln_eps, mean, rstd);
+      T* vh = hhat ? hhat + row * GH : nullptr;
+      for (int64_t k = 0; k < GH; ++k) {
+        const T hat = (hr[k] - mean) * rstd;
+        if (vh) vh[k] = hat;
+        hr[k] = hat * o.ln_weight_hh[k] + b_hh[k];
       }
-      if (pl.ln) {
-        T mean, rstd;
-        ln_stats(hr, GH, o.ln_eps, mean, rstd);
-        T* vh = hhat ? hhat + row * GH : nullptr;
-        for (int64_t k = 0; k < GH; ++k) {
-          const T hat = (hr[k] - mean) * rstd;
-          if (vh) vh[k] = hat;
-          hr[k] = hat * o.ln_weight_hh[k] + b_hh[k];
-        }
-        if (rstd_hh) rstd_hh[row] = rstd;
-      } else {
-        for (int64_t k = 0; k < G1H; ++k) hr[k] += b_hh[k];
-      }
-      if (pl.lstm) {
-        T* cb = c + b * H;
-        T* cnb = cn + b * H;
-        T* ob = out + b * H;
-        const T* pp = o.peephole;
+      if (rstd_hh) rstd_hh[row] = rstd;
+    } else {
+      for (int64_t k = 0; k < G1H; ++k) hr[k] += b_hh[k];
+    }
+    if (pl.lstm) {
+      T* cb = c + b * H;
+      T* cnb = cn + b * H;
+      T* ob = out + b * H;
+      const T* pp = o.peephole ? o.peephole : zeros;  // zeros: the plain cell's terms
+      with_clips(o, [&](auto gate_clip, auto cell_clip) {
+#pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           T a[4], og;
           for (int g = 0; g < 4; ++g) a[g] = xr[g * H + j] + hr[g * H + j];
-          cnb[j] = RegLstmCell::gates(a, cb[j], pp ? pp[j] : T(0), pp ? pp[H + j] : T(0),
-                                      pp ? pp[2 * H + j] : T(0), o, sv + j, H, og);
+          cnb[j] = RegLstmCell::gates<gate_clip(), cell_clip()>(
+              a, cb[j], pp[j], pp[H + j], pp[2 * H + j], o, sv + j, H, og);
           ob[j] = og;  // o, until tanh(c) is known
         }
-        if (o.ln_weight_c) {
-          T mean, rstd;
-          ln_stats(cnb, H, o.ln_eps, mean, rstd);
-          if (stats_c) stats_c[2 * row] = mean, stats_c[2 * row + 1] = rstd;
-          for (int64_t j = 0; j < H; ++j) {
-            const T tc = tanh_((cnb[j] - mean) * rstd * o.ln_weight_c[j] + o.ln_bias_c[j]);
-            sv[kSlotTanhC * H + j] = tc;
-            ob[j] *= tc;
-          }
-        } else {
-          for (int64_t j = 0; j < H; ++j) {
-            const T tc = tanh_(cnb[j]);
-            sv[kSlotTanhC * H + j] = tc;
-            ob[j] *= tc;
-          }
-        }
-        if (!pl.proj) std::memcpy(hnew + b * R, ob, sizeof(T) * H);
-        else if (pl.training) std::memcpy(proj_in_s + row * H, ob, sizeof(T) * H);
-      } else if (pl.v1) {
-        const T* hi = hg + b * R;
-        for (int64_t j = 0; j < H; ++j) {
-          T ax[3], ah[3];
-          for (int g = 0; g < 2; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
-          rh[b * H + j] = GruV1Cell::gates(ax, ah, hi[j], sv + j, H);
-        }
-      } else {
-        T dummy = 0;
-        const T* hb = h + b * R;
-        for (int64_t j = 0; j < H; ++j) {
-          T ax[3], ah[3];
-          for (int g = 0; g < pl.G; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
-          if (pl.gru) hnew[b * R + j] = GruCell::forward(ax, ah, hb[j], dummy, sv + j, H);
-          else if (pl.relu) hnew[b * R + j] = RnnReluCell::forward(ax, ah, hb[j], dummy, sv + j, H);
-          else hnew[b * R + j] = RnnTanhCell::forward(ax, ah, hb[j], dummy, sv + j, H);
-        }
-      }
-    });
-
-    if (pl.v1) {  // the n block's recurrent GEMM acts on r h_in
-      gemm_par<T>(false, true, B, H, H, T(1), rh, H, w + 2 * H * R, R, T(0), hp + 2 * H, GH);
-      for_rows(B, pl.nt, [&](int64_t b, int) {
-        if (!map.active(s, b)) return;
-        const int64_t row = map.time(s, b) * B + b;
-        const T* xr = xp + row * GH;
-        const T* hr = hp + b * GH;
-        T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
-        T dummy = 0;
-        for (int64_t j = 0; j < H; ++j) {
-          T ax[3], ah[3];
-          ax[2] = xr[2 * H + j];
-          ah[2] = hr[2 * H + j] + b_hh[2 * H + j];
-          hnew[b * R + j] = GruV1Cell::forward(ax, ah, h[b * R + j], dummy, sv + j, H);
-        }
       });
-    }
-    if (pl.proj) gemm_par<T>(false, true, B, pl.P, H, T(1), out, H, p.w_hr, H, T(0), hnew, R);
-
-    // Zoneout and commit.
-    for_rows(B, pl.nt, [&](int64_t b, int) {
-      if (!map.active(s, b)) return;
-      const int64_t te = map.time(s, b), row = te * B + b;
-      T* hb = h + b * R;
-      const T* nb = hnew + b * R;
-      T* yb = p.y + row * ld_y;
-      if (o.zoneout_h_mask) {
-        const uint8_t* m = o.zoneout_h_mask + row * R;
-        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = m[k] ? hb[k] : nb[k];
-      } else if (o.zoneout_h != T(0)) {
-        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = zoneout_mix(o.zoneout_h, hb[k], nb[k]);
+      if (o.ln_weight_c) {
+        T mean, rstd;
+        ln_stats(cnb, H, o.ln_eps, mean, rstd);
+        if (stats_c) stats_c[2 * row] = mean, stats_c[2 * row + 1] = rstd;
+        for (int64_t j = 0; j < H; ++j) {
+          const T tc = tanh_((cnb[j] - mean) * rstd * o.ln_weight_c[j] + o.ln_bias_c[j]);
+          sv[kSlotTanhC * H + j] = tc;
+          ob[j] *= tc;
+        }
       } else {
-        for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = nb[k];
-      }
-      if (pl.lstm) {
-        T* cb = c + b * H;
-        const T* cnb = cn + b * H;
-        if (o.zoneout_c_mask) {
-          const uint8_t* m = o.zoneout_c_mask + row * H;
-          for (int64_t j = 0; j < H; ++j) cb[j] = m[j] ? cb[j] : cnb[j];
-        } else if (o.zoneout_c != T(0)) {
-          for (int64_t j = 0; j < H; ++j) cb[j] = zoneout_mix(o.zoneout_c, cb[j], cnb[j]);
-        } else {
-          std::memcpy(cb, cnb, sizeof(T) * H);
+        for (int64_t j = 0; j < H; ++j) {
+          const T tc = tanh_(cnb[j]);
+          sv[kSlotTanhC * H + j] = tc;
+          ob[j] *= tc;
         }
       }
-    });
+      if (!pl.proj) std::memcpy(hnew + b * R, ob, sizeof(T) * H);
+      else if (pl.training) std::memcpy(proj_in_s + row * H, ob, sizeof(T) * H);
+    } else if (pl.v1) {
+      const T* hi = hg + b * R;
+      for (int64_t j = 0; j < H; ++j) {
+        T ax[3], ah[3];
+        for (int g = 0; g < 2; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
+        rh[b * H + j] = GruV1Cell::gates(ax, ah, hi[j], sv + j, H);
+      }
+    } else {
+      const T* hb = h + b * R;
+      T* nb = hnew + b * R;
+      auto run = [&](auto cell) {
+        using Cell = decltype(cell);
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T ax[Cell::kGates], ah[Cell::kGates], unused = 0;
+          for (int g = 0; g < Cell::kGates; ++g) ax[g] = xr[g * H + j], ah[g] = hr[g * H + j];
+          nb[j] = Cell::forward(ax, ah, hb[j], unused, sv + j, H);
+        }
+      };
+      if (pl.gru) run(GruCell{});
+      else if (pl.relu) run(RnnReluCell{});
+      else run(RnnTanhCell{});
+    }
+  };
+  // The two-phase GRU, after the n block's GEMM on r h_in.
+  auto forward_row_new_gate = [&](int64_t s, int64_t b) {
+    if (!map.active(s, b)) return;
+    const int64_t row = map.time(s, b) * B + b;
+    const T* xr = xp + row * GH;
+    const T* hr = hp + b * GH;
+    T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
+    T dummy = 0;
+    for (int64_t j = 0; j < H; ++j) {
+      T ax[3], ah[3];
+      ax[2] = xr[2 * H + j];
+      ah[2] = hr[2 * H + j] + b_hh[2 * H + j];
+      hnew[b * R + j] = GruV1Cell::forward(ax, ah, h[b * R + j], dummy, sv + j, H);
+    }
+  };
+  // Zoneout and commit.
+  auto commit_row = [&](int64_t s, int64_t b) {
+    if (!map.active(s, b)) return;
+    const int64_t te = map.time(s, b), row = te * B + b;
+    T* hb = h + b * R;
+    const T* nb = hnew + b * R;
+    T* yb = p.y + row * ld_y;
+    if (o.zoneout_h_mask) {
+      const uint8_t* m = o.zoneout_h_mask + row * R;
+      for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = m[k] ? hb[k] : nb[k];
+    } else if (o.zoneout_h != T(0)) {
+      for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = zoneout_mix(o.zoneout_h, hb[k], nb[k]);
+    } else {
+      for (int64_t k = 0; k < R; ++k) hb[k] = yb[k] = nb[k];
+    }
+    if (pl.lstm) {
+      T* cb = c + b * H;
+      const T* cnb = cn + b * H;
+      if (o.zoneout_c_mask) {
+        const uint8_t* m = o.zoneout_c_mask + row * H;
+        for (int64_t j = 0; j < H; ++j) cb[j] = m[j] ? cb[j] : cnb[j];
+      } else if (o.zoneout_c != T(0)) {
+        for (int64_t j = 0; j < H; ++j) cb[j] = zoneout_mix(o.zoneout_c, cb[j], cnb[j]);
+      } else {
+        std::memcpy(cb, cnb, sizeof(T) * H);
+      }
+    }
+  };
+  const bool panels = B >= panel_min_rows();
+
+  // One region for the time loop: each thread owns a block of batch rows for the pointwise
+  // phases and a block of the product's columns (W's rows, packed once into its own panels),
+  // with barriers between the phases (layer norm needs whole rows).
+#pragma omp parallel num_threads(pl.nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t b0, b1, c0, c1, n0, n1, q0, q1;
+    split_range(B, team, tid, b0, b1);
+    split_range(G1H, team, tid, c0, c1);
+    split_range(H, team, tid, n0, n1);     // the two-phase GRU's n block
+    split_range(pl.P, team, tid, q0, q1);  // projection columns
+    T* wp = wpack + (c0 + kLanes * tid) * R;
+    if (panels && c1 > c0)
+      pack_rows_to_panels(wp, c1 - c0, R, [&](int64_t i) { return w + (c0 + i) * R; });
+
+    for (int64_t s = 0; s < pl.steps; ++s) {
+      if (o.recurrent_dropout) {
+        for (int64_t k = b0 * R; k < b1 * R; ++k) hin[k] = h[k] * o.recurrent_dropout[k];
+#pragma omp barrier
+      }
+      if (c1 > c0) {
+        if (panels) packed_gemm(B, c1 - c0, R, hg, R, wp, hp + c0, GH);
+        else dot_gemm(B, c1 - c0, R, hg, R, w + c0 * R, R, hp + c0, GH);
+      }
+#pragma omp barrier
+      for (int64_t b = b0; b < b1; ++b) forward_row(s, b);
+      if (pl.v1) {  // the n block's recurrent GEMM acts on r h_in
+#pragma omp barrier
+        if (n1 > n0)
+          gemm<T>(false, true, B, n1 - n0, H, T(1), rh, H, w + (2 * H + n0) * R, R, T(0),
+                  hp + 2 * H + n0, GH);
+#pragma omp barrier
+        for (int64_t b = b0; b < b1; ++b) forward_row_new_gate(s, b);
+      }
+      if (pl.proj) {
+#pragma omp barrier
+        if (q1 > q0)
+          gemm<T>(false, true, B, q1 - q0, H, T(1), out, H, p.w_hr + q0 * H, H, T(0),
+                  hnew + q0, R);
+#pragma omp barrier
+      }
+      for (int64_t b = b0; b < b1; ++b) commit_row(s, b);
+#pragma omp barrier
+    }
   }
 
   zero_padding(p.y, R, map, B, ld_y);
@@ -336,7 +398,7 @@ void reg_backward(const RegBackwardParams<T>& p) {
   Carver<T> measure(nullptr);
   auto carve = [&](Carver<T>& cv, T** dxp, T** dhh, T** dproj, T** w, T** dh, T** dc, T** dht,
                    T** dhnew, T** dout, T** da, T** dstep, T** dtmp, T** direct, T** drh,
-                   T** rowtmp, T** acc, T** ones, T** xz) {
+                   T** rowtmp, T** acc, T** ones, T** xz, T** zeros) {
     *dxp = cv.take(TB * GH);
     *dhh = cv.take(TB * GH);
     *dproj = cv.take(pl.proj ? TB * P : 0);
@@ -355,16 +417,18 @@ void reg_backward(const RegBackwardParams<T>& p) {
     *acc = cv.take(nt * acc_w);
     *ones = cv.take(TB);
     *xz = cv.take(p.lengths ? TB * I : 0);
+    *zeros = cv.take(3 * H);
   };
   T *dxp, *dhh, *dproj, *wbuf, *dh, *dc, *dht, *dhnew, *dout, *da, *dstep, *dtmp, *direct, *drh;
-  T *rowtmp, *acc, *ones, *xz;
+  T *rowtmp, *acc, *ones, *xz, *zeros;
   carve(measure, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp,
-        &direct, &drh, &rowtmp, &acc, &ones, &xz);
+        &direct, &drh, &rowtmp, &acc, &ones, &xz, &zeros);
   Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
   Carver<T> cv(ws.data());
   carve(cv, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp, &direct,
-        &drh, &rowtmp, &acc, &ones, &xz);
+        &drh, &rowtmp, &acc, &ones, &xz, &zeros);
   const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  std::fill(zeros, zeros + 3 * H, T(0));
   zero_padding(dxp, GH, map, B);
   zero_padding(dhh, GH, map, B);
   if (pl.proj) zero_padding(dproj, P, map, B);
@@ -437,18 +501,21 @@ void reg_backward(const RegBackwardParams<T>& p) {
           for (int64_t j = 0; j < H; ++j) ac[a_lnbc + j] += tmp[j];
           ln_backward_row(tmp, chat, o.ln_weight_c, rstd, H, tmp, ac + a_lnc);
         }
-        const T* pp = o.peephole;
-        for (int64_t j = 0; j < H; ++j) {
-          const T dct = dcb[j];
-          const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
-          T dat[4];
-          const T dcp = RegLstmCell::backward(
-              sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp ? pp[j] : T(0),
-              pp ? pp[H + j] : T(0), pp ? pp[2 * H + j] : T(0), o, dat,
-              pp ? ac + a_peep + j : nullptr, H);
-          for (int g = 0; g < 4; ++g) dxr[g * H + j] = dab[g * H + j] = dat[g];
-          dcb[j] = dcp + keep * dct;
-        }
+        const T* pp = o.peephole ? o.peephole : zeros;
+        T* dpp = ac + a_peep;
+        with_clips(o, [&](auto gate_clip, auto cell_clip) {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < H; ++j) {
+            const T dct = dcb[j];
+            const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
+            T dat[4];
+            const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
+                sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp[j], pp[H + j],
+                pp[2 * H + j], dat, dpp + j, H);
+            for (int g = 0; g < 4; ++g) dxr[g * H + j] = dab[g * H + j] = dat[g];
+            dcb[j] = dcp + keep * dct;
+          }
+        });
       } else if (pl.v1) {
         T dummy = 0;
         for (int64_t j = 0; j < H; ++j) {
@@ -460,19 +527,20 @@ void reg_backward(const RegBackwardParams<T>& p) {
         }
         return;  // the reset gate waits for d(r h)
       } else {
-        T dummy = 0;
-        for (int64_t j = 0; j < H; ++j) {
-          T dax[3], dah[3], dd = 0;
-          if (pl.gru) {
-            GruCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
-            for (int g = 0; g < 3; ++g) dxr[g * H + j] = dax[g], dab[g * H + j] = dah[g];
+        auto run = [&](auto cell) {
+          using Cell = decltype(cell);
+#pragma GCC ivdep
+          for (int64_t j = 0; j < H; ++j) {
+            T dax[Cell::kGates], dah[Cell::kGates], dd = 0, unused = 0;
+            Cell::backward(sv + j, H, dob[j], hpb[j], unused, dax, dah, dd);
+            for (int g = 0; g < Cell::kGates; ++g)
+              dxr[g * H + j] = dax[g], dab[g * H + j] = Cell::kSplitGrad ? dah[g] : dax[g];
             dirb[j] = dd;
-          } else {
-            if (pl.relu) RnnReluCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
-            else RnnTanhCell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dah, dd);
-            dxr[j] = dab[j] = dax[0];
           }
-        }
+        };
+        if (pl.gru) run(GruCell{});
+        else if (pl.relu) run(RnnReluCell{});
+        else run(RnnTanhCell{});
       }
       for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
       if (pl.ln) {
