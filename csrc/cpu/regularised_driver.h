@@ -398,8 +398,9 @@ void reg_backward(const RegBackwardParams<T>& p) {
   Carver<T> measure(nullptr);
   auto carve = [&](Carver<T>& cv, T** dxp, T** dhh, T** dproj, T** w, T** dh, T** dc, T** dht,
                    T** dhnew, T** dout, T** da, T** dstep, T** dtmp, T** direct, T** drh,
-                   T** rowtmp, T** acc, T** ones, T** xz, T** zeros) {
+                   T** rowtmp, T** acc, T** ones, T** xz, T** zeros, T** wpack) {
     *dxp = cv.take(TB * GH);
+    *wpack = cv.take(B >= panel_min_rows() ? (R + kLanes * nt) * G1H : 0);
     *dhh = cv.take(TB * GH);
     *dproj = cv.take(pl.proj ? TB * P : 0);
     *w = cv.take(o.dropconnect ? GH * R : 0);
@@ -420,13 +421,15 @@ void reg_backward(const RegBackwardParams<T>& p) {
     *zeros = cv.take(3 * H);
   };
   T *dxp, *dhh, *dproj, *wbuf, *dh, *dc, *dht, *dhnew, *dout, *da, *dstep, *dtmp, *direct, *drh;
-  T *rowtmp, *acc, *ones, *xz, *zeros;
+  T *rowtmp, *acc, *ones, *xz, *zeros, *wpack;
   carve(measure, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp,
-        &direct, &drh, &rowtmp, &acc, &ones, &xz, &zeros);
+        &direct, &drh, &rowtmp, &acc, &ones, &xz, &zeros,
+        &wpack);
   Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
   Carver<T> cv(ws.data());
   carve(cv, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp, &direct,
-        &drh, &rowtmp, &acc, &ones, &xz, &zeros);
+        &drh, &rowtmp, &acc, &ones, &xz, &zeros,
+        &wpack);
   const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
   std::fill(zeros, zeros + 3 * H, T(0));
   zero_padding(dxp, GH, map, B);
@@ -445,164 +448,197 @@ void reg_backward(const RegBackwardParams<T>& p) {
   const int64_t a_bhh = 0, a_lnhh = GH, a_lnih = 2 * GH, a_lnc = 3 * GH, a_lnbc = 3 * GH + H,
                 a_peep = 3 * GH + 2 * H;
 
-  for (int64_t s = pl.steps - 1; s >= 0; --s) {
-    // d h_t: the later step's and the output's; zoneout splits it.
-    for_rows(B, pl.nt, [&](int64_t b, int) {
-      T* dn = dhnew + b * R;
-      if (!map.active(s, b)) {
-        std::fill(dn, dn + R, T(0));
-        return;
+  const T* dcell = pl.proj ? dout : dhnew;  // d(cell output), (B, H) with row stride ldc
+  const int64_t ldc = pl.proj ? H : R;
+  // The phases of one step for one batch row (the region below runs them).
+  // d h_t: the later step's and the output's; zoneout splits it.
+  auto gather_row = [&](int64_t s, int64_t b) {
+    T* dn = dhnew + b * R;
+    if (!map.active(s, b)) {
+      std::fill(dn, dn + R, T(0));
+      return;
+    }
+    const int64_t row = map.time(s, b) * B + b;
+    T* dt = dht + b * R;
+    const T* db = dh + b * R;
+    const T* dyr = p.dy ? p.dy + row * ld_dy : nullptr;
+    for (int64_t k = 0; k < R; ++k) dt[k] = db[k] + (dyr ? dyr[k] : T(0));
+    if (o.zoneout_h_mask) {
+      const uint8_t* m = o.zoneout_h_mask + row * R;
+      for (int64_t k = 0; k < R; ++k) dn[k] = m[k] ? T(0) : dt[k];
+    } else if (o.zoneout_h != T(0)) {
+      for (int64_t k = 0; k < R; ++k) dn[k] = (T(1) - o.zoneout_h) * dt[k];
+    } else {
+      std::memcpy(dn, dt, sizeof(T) * R);
+    }
+    if (pl.proj) std::memcpy(dproj + row * P, dn, sizeof(T) * P);
+  };
+  // The cell's backward, then the recurrent normalisation's.
+  auto cell_row = [&](int64_t s, int64_t b, int tid) {
+    T* dst = dstep + b * GH;
+    if (!map.active(s, b)) {
+      std::fill(dst, dst + GH, T(0));
+      return;
+    }
+    T* ac = acc_of(tid);
+    const int64_t row = map.time(s, b) * B + b;
+    const T* sv = saved + row * S * H;
+    const T* dob = dcell + b * ldc;
+    T* dxr = dxp + row * GH;
+    T* dab = da + b * GH;  // d(recurrent pre-activation after its normalisation)
+    T* dirb = direct + b * R;
+    const T* hpb = h_prev_s + row * R;
+    if (pl.lstm) {
+      T* dcb = dc + b * H;
+      T* tmp = rowtmp + tid * (H + 16);
+      const T mc = o.zoneout_c;
+      const uint8_t* mcm = o.zoneout_c_mask ? o.zoneout_c_mask + row * H : nullptr;
+      // d(tanh input) -> through the cell-state normalisation -> d c'
+      for (int64_t j = 0; j < H; ++j) tmp[j] = RegLstmCell::d_tanh_input(sv + j, H, dob[j]);
+      if (o.ln_weight_c) {
+        const T mean = stats_c[2 * row], rstd = stats_c[2 * row + 1];
+        T* chat = dxr;  // scratch: dxr is written below, after its last use here
+        const T* cv_ = sv + kSlotC * H;
+        for (int64_t j = 0; j < H; ++j) chat[j] = (cv_[j] - mean) * rstd;
+        for (int64_t j = 0; j < H; ++j) ac[a_lnbc + j] += tmp[j];
+        ln_backward_row(tmp, chat, o.ln_weight_c, rstd, H, tmp, ac + a_lnc);
       }
-      const int64_t row = map.time(s, b) * B + b;
-      T* dt = dht + b * R;
-      const T* db = dh + b * R;
-      const T* dyr = p.dy ? p.dy + row * ld_dy : nullptr;
-      for (int64_t k = 0; k < R; ++k) dt[k] = db[k] + (dyr ? dyr[k] : T(0));
-      if (o.zoneout_h_mask) {
-        const uint8_t* m = o.zoneout_h_mask + row * R;
-        for (int64_t k = 0; k < R; ++k) dn[k] = m[k] ? T(0) : dt[k];
-      } else if (o.zoneout_h != T(0)) {
-        for (int64_t k = 0; k < R; ++k) dn[k] = (T(1) - o.zoneout_h) * dt[k];
-      } else {
-        std::memcpy(dn, dt, sizeof(T) * R);
-      }
-      if (pl.proj) std::memcpy(dproj + row * P, dn, sizeof(T) * P);
-    });
-    if (pl.proj) gemm_par<T>(false, false, B, H, P, T(1), dhnew, R, p.w_hr, H, T(0), dout, H);
-    const T* dcell = pl.proj ? dout : dhnew;  // d(cell output), (B, H) with row stride ldc
-    const int64_t ldc = pl.proj ? H : R;
-
-    for_rows(B, pl.nt, [&](int64_t b, int tid) {
-      T* dst = dstep + b * GH;
-      if (!map.active(s, b)) {
-        std::fill(dst, dst + GH, T(0));
-        return;
-      }
-      T* ac = acc_of(tid);
-      const int64_t row = map.time(s, b) * B + b;
-      const T* sv = saved + row * S * H;
-      const T* dob = dcell + b * ldc;
-      T* dxr = dxp + row * GH;
-      T* dab = da + b * GH;  // d(recurrent pre-activation after its normalisation)
-      T* dirb = direct + b * R;
-      const T* hpb = h_prev_s + row * R;
-      if (pl.lstm) {
-        T* dcb = dc + b * H;
-        T* tmp = rowtmp + tid * (H + 16);
-        const T mc = o.zoneout_c;
-        const uint8_t* mcm = o.zoneout_c_mask ? o.zoneout_c_mask + row * H : nullptr;
-        // d(tanh input) -> through the cell-state normalisation -> d c'
-        for (int64_t j = 0; j < H; ++j) tmp[j] = RegLstmCell::d_tanh_input(sv + j, H, dob[j]);
-        if (o.ln_weight_c) {
-          const T mean = stats_c[2 * row], rstd = stats_c[2 * row + 1];
-          T* chat = dxr;  // scratch: dxr is written below, after its last use here
-          const T* cv_ = sv + kSlotC * H;
-          for (int64_t j = 0; j < H; ++j) chat[j] = (cv_[j] - mean) * rstd;
-          for (int64_t j = 0; j < H; ++j) ac[a_lnbc + j] += tmp[j];
-          ln_backward_row(tmp, chat, o.ln_weight_c, rstd, H, tmp, ac + a_lnc);
-        }
-        const T* pp = o.peephole ? o.peephole : zeros;
-        T* dpp = ac + a_peep;
-        with_clips(o, [&](auto gate_clip, auto cell_clip) {
+      const T* pp = o.peephole ? o.peephole : zeros;
+      T* dpp = ac + a_peep;
+      with_clips(o, [&](auto gate_clip, auto cell_clip) {
 #pragma GCC ivdep
-          for (int64_t j = 0; j < H; ++j) {
-            const T dct = dcb[j];
-            const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
-            T dat[4];
-            const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
-                sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp[j], pp[H + j],
-                pp[2 * H + j], dat, dpp + j, H);
-            for (int g = 0; g < 4; ++g) dxr[g * H + j] = dab[g * H + j] = dat[g];
-            dcb[j] = dcp + keep * dct;
-          }
-        });
-      } else if (pl.v1) {
-        T dummy = 0;
         for (int64_t j = 0; j < H; ++j) {
-          T dax[3], dahx[3], dd;
-          GruV1Cell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dahx, dd);
-          dxr[H + j] = dab[H + j] = dax[1];
-          dxr[2 * H + j] = dab[2 * H + j] = dax[2];
+          const T dct = dcb[j];
+          const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
+          T dat[4];
+          const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
+              sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp[j], pp[H + j],
+              pp[2 * H + j], dat, dpp + j, H);
+          for (int g = 0; g < 4; ++g) dxr[g * H + j] = dab[g * H + j] = dat[g];
+          dcb[j] = dcp + keep * dct;
+        }
+      });
+    } else if (pl.v1) {
+      T dummy = 0;
+      for (int64_t j = 0; j < H; ++j) {
+        T dax[3], dahx[3], dd;
+        GruV1Cell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dahx, dd);
+        dxr[H + j] = dab[H + j] = dax[1];
+        dxr[2 * H + j] = dab[2 * H + j] = dax[2];
+        dirb[j] = dd;
+      }
+      return;  // the reset gate waits for d(r h)
+    } else {
+      auto run = [&](auto cell) {
+        using Cell = decltype(cell);
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          T dax[Cell::kGates], dah[Cell::kGates], dd = 0, unused = 0;
+          Cell::backward(sv + j, H, dob[j], hpb[j], unused, dax, dah, dd);
+          for (int g = 0; g < Cell::kGates; ++g)
+            dxr[g * H + j] = dax[g], dab[g * H + j] = Cell::kSplitGrad ? dah[g] : dax[g];
           dirb[j] = dd;
         }
-        return;  // the reset gate waits for d(r h)
-      } else {
-        auto run = [&](auto cell) {
-          using Cell = decltype(cell);
-#pragma GCC ivdep
-          for (int64_t j = 0; j < H; ++j) {
-            T dax[Cell::kGates], dah[Cell::kGates], dd = 0, unused = 0;
-            Cell::backward(sv + j, H, dob[j], hpb[j], unused, dax, dah, dd);
-            for (int g = 0; g < Cell::kGates; ++g)
-              dxr[g * H + j] = dax[g], dab[g * H + j] = Cell::kSplitGrad ? dah[g] : dax[g];
-            dirb[j] = dd;
-          }
-        };
-        if (pl.gru) run(GruCell{});
-        else if (pl.relu) run(RnnReluCell{});
-        else run(RnnTanhCell{});
-      }
-      for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
-      if (pl.ln) {
-        ln_backward_row(dab, hhat + row * GH, o.ln_weight_hh, rstd_hh[row], GH, dst,
-                        ac + a_lnhh);
-      } else {
-        std::memcpy(dst, dab, sizeof(T) * GH);
-      }
-      std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
-    });
-
-    if (pl.v1) {  // d(r h_in) = d(a_n) W_n, then the reset gate
-      gemm_par<T>(false, false, B, H, H, T(1), da + 2 * H, GH, w + 2 * H * R, R, T(0), drh, H);
-      for_rows(B, pl.nt, [&](int64_t b, int tid) {
-        T* dst = dstep + b * GH;
-        if (!map.active(s, b)) {
-          std::fill(dst, dst + GH, T(0));
-          return;
-        }
-        T* ac = acc_of(tid);
-        const int64_t row = map.time(s, b) * B + b;
-        const T* sv = saved + row * S * H;
-        const T* hib = h_in_s + row * R;
-        const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
-        T* dxr = dxp + row * GH;
-        T* dab = da + b * GH;
-        for (int64_t j = 0; j < H; ++j) {
-          T dar, through = 0;
-          GruV1Cell::backward_reset(sv + j, H, drh[b * H + j], hib[j], dar, through);
-          dxr[j] = dab[j] = dar;
-          direct[b * R + j] += rd ? through * rd[j] : through;
-        }
-        for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
-        std::memcpy(dst, dab, sizeof(T) * GH);
-        std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
-      });
+      };
+      if (pl.gru) run(GruCell{});
+      else if (pl.relu) run(RnnReluCell{});
+      else run(RnnTanhCell{});
     }
+    for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
+    if (pl.ln) {
+      ln_backward_row(dab, hhat + row * GH, o.ln_weight_hh, rstd_hh[row], GH, dst,
+                      ac + a_lnhh);
+    } else {
+      std::memcpy(dst, dab, sizeof(T) * GH);
+    }
+    std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
+  };
+  // The two-phase GRU's reset gate, given d(r h_in).
+  auto reset_row = [&](int64_t s, int64_t b, int tid) {
+    T* dst = dstep + b * GH;
+    if (!map.active(s, b)) {
+      std::fill(dst, dst + GH, T(0));
+      return;
+    }
+    T* ac = acc_of(tid);
+    const int64_t row = map.time(s, b) * B + b;
+    const T* sv = saved + row * S * H;
+    const T* hib = h_in_s + row * R;
+    const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
+    T* dxr = dxp + row * GH;
+    T* dab = da + b * GH;
+    for (int64_t j = 0; j < H; ++j) {
+      T dar, through = 0;
+      GruV1Cell::backward_reset(sv + j, H, drh[b * H + j], hib[j], dar, through);
+      dxr[j] = dab[j] = dar;
+      direct[b * R + j] += rd ? through * rd[j] : through;
+    }
+    for (int64_t k = 0; k < GH; ++k) ac[a_bhh + k] += dab[k];
+    std::memcpy(dst, dab, sizeof(T) * GH);
+    std::memcpy(dhh + row * GH, dst, sizeof(T) * GH);
+  };
+  // d h_prev: the product, masked, plus the direct paths and zoneout's share.
+  auto state_row = [&](int64_t s, int64_t b) {
+    if (!map.active(s, b)) return;
+    const int64_t row = map.time(s, b) * B + b;
+    T* db = dh + b * R;
+    const T* tb = dtmp + b * R;
+    const T* dt = dht + b * R;
+    const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
+    const T* dir = direct + b * R;
+    const bool has_direct = pl.gru || pl.v1;
+    for (int64_t k = 0; k < R; ++k) {
+      T v = rd ? tb[k] * rd[k] : tb[k];
+      if (has_direct) v += dir[k];
+      db[k] = v;
+    }
+    if (o.zoneout_h_mask) {
+      const uint8_t* m = o.zoneout_h_mask + row * R;
+      for (int64_t k = 0; k < R; ++k) db[k] += m[k] ? dt[k] : T(0);
+    } else if (o.zoneout_h != T(0)) {
+      for (int64_t k = 0; k < R; ++k) db[k] += o.zoneout_h * dt[k];
+    }
+  };
+  const bool panels = B >= panel_min_rows();
 
-    // d h_prev = d(recurrent pre-activations) W (the blocks acting on h), masked, plus the
-    // direct paths and zoneout's share.
-    gemm_par<T>(false, false, B, R, G1H, T(1), dstep, GH, w, R, T(0), dtmp, R);
-    for_rows(B, pl.nt, [&](int64_t b, int) {
-      if (!map.active(s, b)) return;
-      const int64_t row = map.time(s, b) * B + b;
-      T* db = dh + b * R;
-      const T* tb = dtmp + b * R;
-      const T* dt = dht + b * R;
-      const T* rd = o.recurrent_dropout ? o.recurrent_dropout + b * R : nullptr;
-      const T* dir = direct + b * R;
-      const bool has_direct = pl.gru || pl.v1;
-      for (int64_t k = 0; k < R; ++k) {
-        T v = rd ? tb[k] * rd[k] : tb[k];
-        if (has_direct) v += dir[k];
-        db[k] = v;
+  // One region for the time loop, as the forward's: batch rows for the pointwise phases,
+  // column blocks (of W's columns, packed once per thread) for the products.
+#pragma omp parallel num_threads(pl.nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t b0, b1, q0, q1, j0, j1;
+    split_range(B, team, tid, b0, b1);
+    split_range(R, team, tid, q0, q1);  // columns of d h_prev
+    split_range(H, team, tid, j0, j1);  // columns of d(cell output), d(r h_in)
+    T* wp = wpack + (q0 + kLanes * tid) * G1H;
+    if (panels && q1 > q0) pack_cols_to_panels(wp, q1 - q0, G1H, w + q0, R);
+
+    for (int64_t s = pl.steps - 1; s >= 0; --s) {
+      for (int64_t b = b0; b < b1; ++b) gather_row(s, b);
+      if (pl.proj) {
+#pragma omp barrier
+        if (j1 > j0)
+          gemm<T>(false, false, B, j1 - j0, P, T(1), dhnew, R, p.w_hr + j0, H, T(0), dout + j0,
+                  H);
+#pragma omp barrier
       }
-      if (o.zoneout_h_mask) {
-        const uint8_t* m = o.zoneout_h_mask + row * R;
-        for (int64_t k = 0; k < R; ++k) db[k] += m[k] ? dt[k] : T(0);
-      } else if (o.zoneout_h != T(0)) {
-        for (int64_t k = 0; k < R; ++k) db[k] += o.zoneout_h * dt[k];
+      for (int64_t b = b0; b < b1; ++b) cell_row(s, b, tid);
+      if (pl.v1) {  // d(r h_in) = d(a_n) W_n, then the reset gate
+#pragma omp barrier
+        if (j1 > j0)
+          gemm<T>(false, false, B, j1 - j0, H, T(1), da + 2 * H, GH, w + 2 * H * R + j0, R, T(0),
+                  drh + j0, H);
+#pragma omp barrier
+        for (int64_t b = b0; b < b1; ++b) reset_row(s, b, tid);
       }
-    });
+#pragma omp barrier
+      if (q1 > q0) {
+        if (panels) packed_gemm(B, q1 - q0, G1H, dstep, GH, wp, dtmp + q0, R);
+        else direct_gemm_small(B, q1 - q0, G1H, dstep, GH, w + q0, R, dtmp + q0, R);
+      }
+#pragma omp barrier
+      for (int64_t b = b0; b < b1; ++b) state_row(s, b);
+    }
   }
 
   // Final state gradients; parameter gradients from the accumulators.
