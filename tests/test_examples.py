@@ -82,3 +82,17 @@ def test_char_lm():
     # Sampling ran through LSTMCells loaded with the LSTM's weights; they agree with it.
     assert m["cell_max_abs_diff"] < 1e-4, m
     assert m["sample"].startswith("The ") and len(m["sample"]) == len("The ") + 50
+
+
+def test_regularised_char_lm(tmp_path):
+    pytest.importorskip("tqdm")
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "curves.png"
+    m = load_example("regularised_char_lm").main(COMMON + ["--plot", str(plot)])
+    for name, curve in m["curves"].items():
+        # untrained: about log2(V) bits/char; two short epochs get below the unigram entropy
+        assert curve[0]["val_bpc"] == pytest.approx(m["uniform_bpc"], abs=0.5), name
+        assert curve[-1]["val_bpc"] < curve[0]["val_bpc"] - 0.5, (name, curve)
+        assert len(curve) == 3 and curve[-1]["step"] > 0
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -289,3 +289,16 @@ def test_native_entry_checks_masks_and_rates():
     with pytest.raises(ValueError, match="reserve must have shape"):
         _C.reg_layer_backward(*args[:7], None, False, {}, np.zeros(3, np.float32), None, None,
                               None)
+
+
+def test_inference_with_only_dropouts_is_the_plain_stack():
+    from fusedrnn import functional as F
+    reg = Regularisation(recurrent_dropout=0.3, dropconnect=0.3)
+    _, _, _, params, x, h0, c0, lay, _ = _setup("lstm", {}, "two_bidir_lengths", np.float64)
+    kw = dict(num_layers=2, bidirectional=True, lengths=lay["lengths"], h0=h0, c0=c0)
+    y, h_n, c_n, ctx = fr.stack_forward("lstm", x, params, reg=reg, training=False, dropout=0.3,
+                                        **kw)
+    y2, h2, c2, _ = F.stack_forward("lstm", x, params, training=False, **kw)
+    assert ctx is None
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(c_n, c2)

@@ -245,3 +245,18 @@ def test_unbatched_input_and_eval_no_grad():
     assert y.shape == (5, 4) and h.shape == (1, 4)
     torch.testing.assert_close(y, y2[:, 0], rtol=0, atol=0)
     np.testing.assert_array_equal(h.numpy(), h2[:, 0].numpy())
+
+
+def test_eval_with_only_dropouts_is_the_plain_lstm():
+    """In eval mode recurrent dropout and DropConnect are off: the plain fused stack runs (and
+    gives torch.nn's result on the same weights)."""
+    torch.manual_seed(4)
+    plain = torch.nn.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+    m = ft.RegularisedLSTM(3, 4, num_layers=2, dtype=torch.float64, recurrent_dropout=0.3,
+                           dropconnect=0.4, dropout=0.2).eval()
+    m.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    y = m(x)[0]
+    torch.testing.assert_close(y, plain.eval()(x)[0], rtol=1e-10, atol=1e-10)
+    y.sum().backward()
+    assert x.grad is not None and m.weight_hh_l1.grad is not None

@@ -1,6 +1,7 @@
-"""Regularised recurrent cells in pure NumPy: the specification of the kernels that come next.
+"""Regularised recurrent cells in pure NumPy: the specification of the regularised kernels.
 
-Reference only (no native kernel implements these yet). Everything is re-exported by
+The native kernels (csrc/cpu/regularised_driver.h, exposed by :mod:`fusedrnn.regularised` and
+``fusedrnn.torch.RegularisedLSTM/GRU/RNN``) are tested against it. Everything is re-exported by
 :mod:`fusedrnn.reference` and follows its conventions (docs/design.md §2): ``x (T, B, I)``,
 ``W_ih (G*H, I)``, ``W_hh (G*H, R)``, biases ``(G*H,)``, PyTorch's gate order (LSTM i, f, g, o;
 GRU r, z, n), ``lengths`` (outputs past a sequence's length are 0, ``h_n``/``c_n`` are the states

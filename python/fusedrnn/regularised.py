@@ -117,6 +117,12 @@ class Regularisation:
         """Whether any option differs from the plain cell."""
         return any(getattr(self, f.name) != f.default for f in fields(self) if f.name != "ln_eps")
 
+    @property
+    def deterministic_active(self) -> bool:
+        """Whether an option changes inference (the dropouts do not: they are off there)."""
+        return bool(self.layer_norm or self.zoneout_h or self.zoneout_c or self.peepholes
+                    or self.gate_clip is not None or self.cell_clip is not None)
+
     def check_mode(self, mode: str, reset_after: bool = True) -> None:
         """Raises for an option the cell does not have (``NotImplementedError``/``ValueError``,
         naming it)."""
@@ -301,6 +307,16 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
     if c0 is not None and (not is_lstm or c0.ndim != 3 or c0.shape[0] != num_layers * D):
         raise ValueError(f"c0 must have shape (num_layers*D={num_layers * D}, B, H) (LSTM only),"
                          f" got {c0.shape}")
+
+    if not training and not stochastic and not reg.deterministic_active:
+        # inference where every option is a dropout (off here): the plain fused stack
+        from fusedrnn import functional
+        plain = {n: a for n, a in params.items() if n.rsplit("_l", 1)[0] in (
+            "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+        y, h_n, c_n, _ = functional.stack_forward(
+            mode, x, plain, num_layers=num_layers, bidirectional=bidirectional, h0=h0, c0=c0,
+            lengths=lengths, batch_first=batch_first, reset_after=reset_after, training=False)
+        return y, h_n, c_n, None
 
     layer_in = xt
     h_n, c_n, layers, masks, between = [], [], [], [], []

@@ -700,6 +700,12 @@ class _RegularisedBase(RNNBase):
                 f"backend has no regularised kernels yet (got a tensor on {x.device})")
         if x.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"{type(self).__name__}: float32 or float64 tensors, got {x.dtype}")
+        stochastic = self.training and (
+            dropout_active or any(getattr(self.reg, f) for f in (
+                "zoneout_h", "zoneout_c", "recurrent_dropout", "dropconnect")))
+        if not stochastic and not self.reg.deterministic_active:
+            # every option is a dropout, off here (eval mode): the plain fused stack
+            return super()._run_layers(cfg, x, h0, c0, weights, dropout_active)
         reg_names = list(self._reg_shapes)
         reg_tensors = [getattr(self, n) for n in reg_names]
         for name, t in zip(reg_names, reg_tensors):
@@ -709,9 +715,6 @@ class _RegularisedBase(RNNBase):
         tensors = list(weights) + reg_tensors
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, c0, *tensors))
-        stochastic = self.training and (
-            dropout_active or any(getattr(self.reg, f) for f in (
-                "zoneout_h", "zoneout_c", "recurrent_dropout", "dropconnect")))
         lengths = cfg.lengths
         if lengths is not None:
             lengths = lengths.detach().to("cpu")
