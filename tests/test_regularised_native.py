@@ -302,3 +302,73 @@ def test_inference_with_only_dropouts_is_the_plain_stack():
     assert ctx is None
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(c_n, c2)
+
+
+# ------------------------------------------------------------------------------------------
+# NumPy modules
+
+
+def test_module_forward_backward_match_the_functions():
+    import fusedrnn
+    m = fusedrnn.RegularisedLSTM(5, 8, num_layers=2, bidirectional=True, dtype=np.float64,
+                                 layer_norm=True, zoneout_h=0.2, zoneout_c=0.1,
+                                 recurrent_dropout=0.2, peepholes=True, seed=3)
+    rng = np.random.default_rng(0)
+    for name, p in m.named_parameters():  # gains and peepholes away from their init
+        if name.startswith(("ln_", "weight_peephole")):
+            p[...] = rng.uniform(0.5, 1.5, p.shape)
+    x = rng.standard_normal((6, 3, 5))
+    m.train()
+    y, (h, c) = m(x, lengths=[6, 2, 4])
+    ctx = m._ctx[0]
+    ref_y, ref_h, ref_c, rctx = _reference_replay(m, x, ctx, lengths=[6, 2, 4])
+    np.testing.assert_allclose(y, ref_y, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(c, ref_c, rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    dx, (dh0, dc0) = m.backward(dy)
+    rdx, rdh0, rdc0, rgrads = ref.stack_backward(rctx, dy)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-10)
+    for name, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[name], g, rtol=1e-10, atol=1e-10, err_msg=name)
+    m.backward(dy)  # gradients accumulate, as fusedrnn.LSTM's
+    np.testing.assert_allclose(m.grads["ln_weight_c_l1"], 2 * rgrads["ln_weight_c_l1"],
+                               rtol=1e-10)
+
+
+def _reference_replay(m, x, ctx, lengths):
+    """The reference stack on the module's parameters with the masks its forward drew."""
+    params = {k: v for k, v in m.named_parameters()}
+    opts = _reference_options(ctx, m.reg, "lstm")
+    return ref.stack_forward("lstm", x, params, num_layers=2, bidirectional=True,
+                             lengths=lengths, layer_options=opts)
+
+
+def test_module_eval_to_torch_state_dict_and_onnx(tmp_path):
+    torch = pytest.importorskip("torch")
+    import fusedrnn
+    m = fusedrnn.RegularisedGRU(4, 6, layer_norm=True, zoneout_h=0.3, seed=1)
+    x = np.random.default_rng(1).standard_normal((5, 2, 4)).astype(np.float32)
+    y, h = m(x)  # modules start in eval mode: zoneout's expectation
+    t = m.to_torch()
+    assert type(t).__name__ == "RegularisedGRU" and not t.training
+    with torch.no_grad():
+        np.testing.assert_allclose(y, t(torch.from_numpy(x))[0].numpy(), rtol=1e-6, atol=1e-6)
+    m2 = fusedrnn.RegularisedGRU(4, 6, layer_norm=True, zoneout_h=0.3, seed=2)
+    m2.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(m2(x)[0], y)
+    assert "ln_weight_hh_l0" in m.state_dict()
+    with pytest.raises(NotImplementedError, match="no standard ONNX node"):
+        fusedrnn.onnx.export(m, tmp_path / "m.onnx")
+    pytest.importorskip("onnx")
+    only_dropouts = fusedrnn.RegularisedGRU(4, 6, recurrent_dropout=0.3)
+    fusedrnn.onnx.export(only_dropouts, tmp_path / "d.onnx")  # inference: the plain GRU
+
+
+def test_module_forget_bias_and_repr():
+    import fusedrnn
+    m = fusedrnn.RegularisedLSTM(3, 4, num_layers=2, forget_bias=1.0, cell_clip=(-2.0, 3.0))
+    assert np.all(m.bias_ih_l1[4:8] == 1) and np.all(m.bias_hh_l0[4:8] == 0)
+    assert "cell_clip=(-2.0, 3.0)" in repr(m)
+    with pytest.raises(ValueError, match="forget_bias"):
+        fusedrnn.regularised._RegularisedModule(
+            "GRU", 3, 4, 1, True, False, 0.0, False, 0, None, Regularisation(), forget_bias=1.0)

@@ -260,3 +260,57 @@ def test_eval_with_only_dropouts_is_the_plain_lstm():
     torch.testing.assert_close(y, plain.eval()(x)[0], rtol=1e-10, atol=1e-10)
     y.sum().backward()
     assert x.grad is not None and m.weight_hh_l1.grad is not None
+
+
+# ------------------------------------------------------------------------------------------
+# Cells
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls,opts", [
+    ("RegularisedLSTMCell", dict(layer_norm=True, zoneout_h=0.2, zoneout_c=0.3, gate_clip=1.0,
+                                 cell_clip=0.8, peepholes=True)),
+    ("RegularisedGRUCell", dict(layer_norm=True, zoneout_h=0.3)),
+    ("RegularisedRNNCell", dict(layer_norm=True, zoneout_h=0.3)),
+])
+def test_cells_gradcheck(cls, opts, train, fixed_seed):
+    torch.manual_seed(0)
+    cell = getattr(ft, cls)(3, 4, dtype=torch.float64, **opts).train(train)
+    with torch.no_grad():
+        for name, p in cell.named_parameters():
+            if name.startswith(("ln_", "weight_peephole")):
+                p.uniform_(0.5, 1.5)
+    lstm = cls == "RegularisedLSTMCell"
+    names = [n for n, _ in cell.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in cell.parameters())
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h, c, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(cell, dict(zip(names, ps))):
+            out = cell(x, (h, c)) if lstm else cell(x, h)
+        return out if lstm else (out,)
+
+    assert gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_cell_steps_equal_the_layer_in_eval_mode():
+    """A loop of RegularisedLSTMCell steps with the layer's weights gives the layer's output."""
+    torch.manual_seed(2)
+    opts = dict(layer_norm=True, zoneout_h=0.2, zoneout_c=0.1, cell_clip=1.5, peepholes=True)
+    layer = _module("lstm", opts).eval()
+    cell = ft.RegularisedLSTMCell(3, 4, dtype=torch.float64, **opts).eval()
+    cell.load_state_dict({k[:-3]: v for k, v in layer.state_dict().items()})
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = layer(x)
+        h = c = torch.zeros(2, 4, dtype=torch.float64)
+        for t in range(6):
+            h, c = cell(x[t], (h, c))
+            torch.testing.assert_close(h, y[t], rtol=1e-12, atol=1e-12)
+    assert "peepholes=True" in repr(cell) and "ln_weight_c" in dict(cell.named_parameters())
+    with pytest.raises(TypeError, match="no torch.nn counterpart"):
+        ft.to_torch(cell)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ft.RegularisedLSTMCell(3, 4, recurrent_dropout=0.2)

@@ -14,14 +14,17 @@ from fusedrnn import _threadpoolctl, cuda, functional, onnx, reference
 from fusedrnn._threadpoolctl import register_threadpoolctl
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, from_torch
 from fusedrnn.keras import from_keras  # reads Keras layers duck-typed: never imports keras
+from fusedrnn import regularised
+from fusedrnn.regularised import RegularisedGRU, RegularisedLSTM, RegularisedRNN
 
 try:
     __version__ = _pkg_version("fusedrnn")
 except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = _C.config()["version"]
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "from_keras",
-           "cuda", "functional", "onnx", "reference", "show_config", "config", "set_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RegularisedRNN",
+           "RegularisedLSTM", "RegularisedGRU", "from_torch", "from_keras", "cuda", "functional",
+           "onnx", "reference", "regularised", "show_config", "config", "set_num_threads",
            "get_num_threads", "release_workspaces", "register_threadpoolctl", "__version__"]
 
 # threadpoolctl sees fusedrnn's threads as soon as it is imported, before or after fusedrnn,

@@ -276,12 +276,8 @@ class _RNNBase(_ParamModule, RNNSpecFields):
             h0 = None if h0 is None else h0[:, None]
             c0 = None if c0 is None else c0[:, None]
         keep = self.training if need_grad is None else bool(need_grad)
-        seed = int(self._rng.integers(0, 2**63)) if (self.training and spec.dropout) else 0
-        y, h_n, c_n, ctx = F.stack_forward(
-            spec.mode, x, self._parameters, num_layers=spec.num_layers,
-            bidirectional=spec.bidirectional, h0=h0, c0=c0, lengths=lengths,
-            batch_first=spec.batch_first, dropout=spec.dropout if self.training else 0.0,
-            seed=seed, reset_after=spec.reset_after, training=keep)
+        seed = int(self._rng.integers(0, 2**63)) if self._draws_masks() else 0
+        y, h_n, c_n, ctx = self._run_forward(x, h0, c0, lengths, seed, keep)
         self._ctx = (ctx, not batched) if keep else None
         if not batched:
             y = y[0] if spec.batch_first else y[:, 0]
@@ -316,12 +312,30 @@ class _RNNBase(_ParamModule, RNNSpecFields):
             dh_n = expand("dh_n", dh_n, 1)
             dc_n = expand("dc_n", dc_n, 1)
             dy = expand("dy", dy, spec.batch_axis)
-        dx, dh0, dc0, _ = F.stack_backward(ctx, dy, dh_n, dc_n, grads=self.grads)
+        dx, dh0, dc0 = self._run_backward(ctx, dy, dh_n, dc_n)
         if unbatched:
             dx = dx[0] if spec.batch_first else dx[:, 0]
             dh0 = dh0[:, 0]
             dc0 = dc0[:, 0] if dc0 is not None else None
         return (dx, (dh0, dc0)) if spec.is_lstm else (dx, dh0)
+
+    def _draws_masks(self) -> bool:
+        """Whether this forward draws random masks (a seed from the module's generator)."""
+        return bool(self.training and self.spec.dropout)
+
+    def _run_forward(self, x, h0, c0, lengths, seed, keep):
+        """The native stack on prepared arrays: (y, h_n, c_n, ctx or None)."""
+        spec = self.spec
+        return F.stack_forward(
+            spec.mode, x, self._parameters, num_layers=spec.num_layers,
+            bidirectional=spec.bidirectional, h0=h0, c0=c0, lengths=lengths,
+            batch_first=spec.batch_first, dropout=spec.dropout if self.training else 0.0,
+            seed=seed, reset_after=spec.reset_after, training=keep)
+
+    def _run_backward(self, ctx, dy, dh_n, dc_n):
+        """BPTT through ctx, parameter gradients added into ``grads``: (dx, dh0, dc0)."""
+        dx, dh0, dc0, _ = F.stack_backward(ctx, dy, dh_n, dc_n, grads=self.grads)
+        return dx, dh0, dc0
 
     # -- PyTorch interop ----------------------------------------------------------------------
 

@@ -263,6 +263,11 @@ def _check_module(module: Any) -> None:
 
     if not isinstance(module, _RNNBase):
         raise TypeError(f"expected a fusedrnn.LSTM, GRU or RNN, got {type(module).__name__}")
+    reg = getattr(module, "reg", None)
+    if reg is not None and reg.deterministic_active:  # the dropouts are off in inference
+        raise NotImplementedError(
+            f"onnx.export: {type(module).__name__} with layer norm, zoneout, clipping or "
+            f"peepholes ({reg}) has no standard ONNX node; export a plain RNN/LSTM/GRU")
     if module.spec.proj_size:
         raise ValueError(f"an LSTM with proj_size > 0 (here {module.spec.proj_size}) has no ONNX "
                          f"equivalent: the ONNX LSTM operator has no projection")

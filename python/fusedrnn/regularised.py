@@ -41,7 +41,8 @@ from fusedrnn._loader import _C
 from fusedrnn.reference_regularised import LN_EPS
 
 __all__ = ["Regularisation", "RegContext", "stack_forward", "stack_backward", "param_names",
-           "param_shapes", "init_params", "MODES"]
+           "param_shapes", "init_params", "MODES", "RegularisedRNN", "RegularisedLSTM",
+           "RegularisedGRU"]
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -401,3 +402,150 @@ def stack_backward(ctx: RegContext, dy: Optional[np.ndarray] = None,
         dout = dx_layer
     dx = np.ascontiguousarray(dout.swapaxes(0, 1)) if ctx.batch_first else dout
     return dx, np.stack(dh0), (np.stack(dc0) if is_lstm else None), grads
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy modules (fusedrnn.LSTM's API: forward/backward, grads, state_dict ...)
+
+from fusedrnn.modules import _RNNBase  # noqa: E402  (modules does not import this module)
+from fusedrnn.spec import rnn_mode as _rnn_mode  # noqa: E402
+
+
+class _RegularisedModule(_RNNBase):
+    """fusedrnn.RNN/LSTM/GRU (NumPy, CPU) with the options of :class:`Regularisation` and
+    their parameters; training mode draws the masks from the module's generator (one seed
+    per forward), eval mode runs zoneout's expectation. ``to_torch()`` gives the matching
+    ``fusedrnn.torch.Regularised*`` module; ONNX export raises where an option changes
+    inference."""
+
+    _torch_name = ""
+
+    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, proj_size, dtype, reg, forget_bias=None, reset_after=True,
+                 seed=None, rng=None):
+        reg.check_mode(mode.lower(), reset_after)
+        self.reg = reg
+        self.forget_bias = forget_bias
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, dtype, reset_after=reset_after, seed=seed,
+                         rng=rng)
+        spec = self.spec
+        for name, value in init_params(spec.mode, reg, spec.hidden_size, spec.num_layers,
+                                       spec.bidirectional, self.dtype).items():
+            self._register_parameter(name, value)
+        if forget_bias is not None:
+            if spec.mode != "lstm":
+                raise ValueError("forget_bias is for the LSTM only")
+            H = spec.hidden_size
+            for name, value in self._parameters.items():
+                if name.startswith("bias_ih"):
+                    value[H:2 * H] = forget_bias
+                elif name.startswith("bias_hh"):
+                    value[H:2 * H] = 0
+
+    def __repr__(self):
+        opts = ", ".join(f"{f.name}={getattr(self.reg, f.name)!r}" for f in fields(self.reg)
+                         if getattr(self.reg, f.name) != f.default)
+        return f"{type(self).__name__}({self.spec.extra_repr(nonlinearity=True)}" + \
+            (f", {opts})" if opts else ")")
+
+    def _draws_masks(self):
+        r = self.reg
+        return bool(self.training and (self.spec.dropout or r.zoneout_h or r.zoneout_c
+                                       or r.recurrent_dropout or r.dropconnect))
+
+    def _run_forward(self, x, h0, c0, lengths, seed, keep):
+        spec = self.spec
+        return stack_forward(
+            spec.mode, x, self._parameters, reg=self.reg, num_layers=spec.num_layers,
+            bidirectional=spec.bidirectional, h0=h0, c0=c0, lengths=lengths,
+            batch_first=spec.batch_first, dropout=spec.dropout if self.training else 0.0,
+            seed=seed, reset_after=spec.reset_after, training=keep, stochastic=self.training)
+
+    def _run_backward(self, ctx, dy, dh_n, dc_n):
+        dx, dh0, dc0, grads = stack_backward(ctx, dy, dh_n, dc_n)
+        for name, g in grads.items():
+            self.grads[name] += g
+        return dx, dh0, dc0
+
+    def to_torch(self):
+        """The matching ``fusedrnn.torch.Regularised*`` module with these weights."""
+        import torch
+
+        import fusedrnn.torch as ft
+        spec, r = self.spec, self.reg
+        kw = dict(num_layers=spec.num_layers, bias=spec.bias, batch_first=spec.batch_first,
+                  dropout=spec.dropout, bidirectional=spec.bidirectional,
+                  dtype=getattr(torch, self.dtype.name), layer_norm=r.layer_norm,
+                  zoneout_h=r.zoneout_h, recurrent_dropout=r.recurrent_dropout,
+                  dropconnect=r.dropconnect, ln_eps=r.ln_eps)
+        if spec.mode == "lstm":
+            kw.update(proj_size=spec.proj_size, zoneout_c=r.zoneout_c, gate_clip=r.gate_clip,
+                      cell_clip=r.cell_clip, peepholes=r.peepholes)
+        elif spec.mode == "gru":
+            kw["reset_after"] = spec.reset_after
+        else:
+            kw["nonlinearity"] = spec.nonlinearity
+        m = getattr(ft, self._torch_name)(spec.input_size, spec.hidden_size, **kw)
+        m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._parameters.items()})
+        return m.train(self.training)
+
+
+class RegularisedLSTM(_RegularisedModule):
+    """:class:`fusedrnn.LSTM` with the regularisation options (keyword only; see
+    :class:`Regularisation`) and ``forget_bias`` (the forget gate's initial bias)."""
+
+    _torch_name = "RegularisedLSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, dtype=None, *,
+                 layer_norm: bool = False, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 gate_clip: Optional[float] = None, cell_clip=None, peepholes: bool = False,
+                 ln_eps: float = LN_EPS, forget_bias: Optional[float] = None, seed=None,
+                 rng=None):
+        reg = Regularisation(layer_norm, zoneout_h, zoneout_c, recurrent_dropout, dropconnect,
+                             gate_clip, cell_clip, peepholes, ln_eps)
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, dtype, reg, forget_bias, seed=seed,
+                         rng=rng)
+
+
+class RegularisedGRU(_RegularisedModule):
+    """:class:`fusedrnn.GRU` with layer norm, zoneout_h, recurrent dropout and DropConnect."""
+
+    _torch_name = "RegularisedGRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, dtype=None, *, reset_after: bool = True,
+                 layer_norm: bool = False, zoneout_h: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 ln_eps: float = LN_EPS, seed=None, rng=None):
+        reg = Regularisation(layer_norm, zoneout_h, 0.0, recurrent_dropout, dropconnect,
+                             ln_eps=ln_eps)
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, dtype, reg, reset_after=reset_after,
+                         seed=seed, rng=rng)
+
+
+class RegularisedRNN(_RegularisedModule):
+    """:class:`fusedrnn.RNN` with layer norm, zoneout_h, recurrent dropout and DropConnect."""
+
+    _torch_name = "RegularisedRNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, dtype=None, *,
+                 layer_norm: bool = False, zoneout_h: float = 0.0,
+                 recurrent_dropout: float = 0.0, dropconnect: float = 0.0,
+                 ln_eps: float = LN_EPS, seed=None, rng=None):
+        reg = Regularisation(layer_norm, zoneout_h, 0.0, recurrent_dropout, dropconnect,
+                             ln_eps=ln_eps)
+        super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, dtype, reg, seed=seed, rng=rng)
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.spec.nonlinearity

@@ -130,7 +130,8 @@ from fusedrnn.spec import (TORCH_MODES, CellSpec, CellSpecFields, RNNSpec, RNNSp
                            rnn_mode, split_state)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "RNNCellBase",
-           "RegularisedRNN", "RegularisedLSTM", "RegularisedGRU", "to_torch", "from_torch",
+           "RegularisedRNN", "RegularisedLSTM", "RegularisedGRU", "RegularisedRNNCell",
+           "RegularisedLSTMCell", "RegularisedGRUCell", "to_torch", "from_torch",
            "swap_modules"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -517,10 +518,15 @@ class RNNCellBase(CellSpecFields, torch.nn.Module):
         cfg = _Config(mode=spec.mode, names=tuple(n + "_l0" for n in names), num_layers=1,
                       bidirectional=False, batch_first=False, dropout=0.0, seed=0,
                       reset_after=spec.reset_after, lengths=None)
-        _, h_n, c_n = _run_stack(cfg, input.unsqueeze(0), h0, c0, weights, False)
+        _, h_n, c_n = self._run_step(cfg, input.unsqueeze(0), h0, c0, weights)
         h1 = h_n[0] if is_batched else h_n[0, 0]
         c1 = None if c_n is None else (c_n[0] if is_batched else c_n[0, 0])
         return h1, c1
+
+
+    def _run_step(self, cfg, x, h0, c0, weights):
+        """One step as a one-layer stack (x (1, B, I)): (y, h_n, c_n or None)."""
+        return _run_stack(cfg, x, h0, c0, weights, False)
 
 
 class RNNCell(RNNCellBase):
@@ -706,26 +712,36 @@ class _RegularisedBase(RNNBase):
         if not stochastic and not self.reg.deterministic_active:
             # every option is a dropout, off here (eval mode): the plain fused stack
             return super()._run_layers(cfg, x, h0, c0, weights, dropout_active)
-        reg_names = list(self._reg_shapes)
-        reg_tensors = [getattr(self, n) for n in reg_names]
-        for name, t in zip(reg_names, reg_tensors):
-            if t.dtype != x.dtype or t.device != x.device:
-                raise RuntimeError(f"{type(self).__name__}: {name} is {t.dtype} on {t.device}, "
-                                   f"the input {x.dtype} on {x.device}")
-        tensors = list(weights) + reg_tensors
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, c0, *tensors))
-        lengths = cfg.lengths
-        if lengths is not None:
-            lengths = lengths.detach().to("cpu")
-        meta = dict(names=list(cfg.names) + reg_names, mode=self.spec.mode, reg=self.reg,
-                    num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
-                    batch_first=cfg.batch_first, dropout=cfg.dropout,
-                    seed=int(_draw_seed()) if stochastic else 0, reset_after=cfg.reset_after,
-                    lengths=lengths, needs_grad=needs_grad, stochastic=stochastic)
-        x = x.contiguous()
-        y, h_n, c_n = _RegularisedStack.apply(meta, x, h0, c0, *tensors)
-        return y, h_n, c_n
+        return _run_regularised(self, cfg, x, h0, c0, weights, stochastic, "")
+
+
+def _run_regularised(module, cfg, x, h0, c0, weights, stochastic, suffix):
+    """The regularised stack of ``module`` (a layer, or a cell with ``suffix="_l0"`` naming its
+    option parameters as a one-layer stack's) through one autograd node."""
+    if x.device.type != "cpu":
+        raise NotImplementedError(
+            f"{type(module).__name__}: the regularised kernels run on the CPU; the CUDA "
+            f"backend has no regularised kernels yet (got a tensor on {x.device})")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{type(module).__name__}: float32 or float64 tensors, got {x.dtype}")
+    reg_names = list(module._reg_shapes)
+    reg_tensors = [getattr(module, n) for n in reg_names]
+    for name, t in zip(reg_names, reg_tensors):
+        if t.dtype != x.dtype or t.device != x.device:
+            raise RuntimeError(f"{type(module).__name__}: {name} is {t.dtype} on {t.device}, "
+                               f"the input {x.dtype} on {x.device}")
+    tensors = list(weights) + reg_tensors
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *tensors))
+    lengths = cfg.lengths
+    if lengths is not None:
+        lengths = lengths.detach().to("cpu")
+    meta = dict(names=list(cfg.names) + [n + suffix for n in reg_names], mode=module.spec.mode,
+                reg=module.reg, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
+                batch_first=cfg.batch_first, dropout=cfg.dropout,
+                seed=int(_draw_seed()) if stochastic else 0, reset_after=cfg.reset_after,
+                lengths=lengths, needs_grad=needs_grad, stochastic=stochastic)
+    return _RegularisedStack.apply(meta, x.contiguous(), h0, c0, *tensors)
 
 
 def rnn_mode_of(torch_mode):
@@ -805,6 +821,110 @@ class RegularisedRNN(_RegularisedBase):
         return self.spec.nonlinearity
 
 
+class _RegularisedCellMixin:
+    """A cell (one step) with the deterministic-per-step options: layer norm, zoneout (a mask
+    per call in train mode), gate and cell clipping, peepholes. Recurrent dropout and
+    DropConnect hold one mask for a whole sequence, which a cell called step by step cannot
+    know: use the layer."""
+
+    def _setup_reg(self, mode, hidden_size, reg):
+        import fusedrnn.regularised as fr
+        reg.check_mode(mode, getattr(self, "_reset_after_arg", True))
+        self.reg = reg
+        self._reg_shapes = {n[:-len("_l0")]: shape for n, shape in fr.param_shapes(
+            mode, reg, hidden_size).items()}
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation; layer-norm gains 1, the cell state's shift 0, peepholes 0."""
+        if not hasattr(self, "reg"):
+            return
+        for name, shape in self._reg_shapes.items():
+            if name not in self._parameters:
+                ref = self.weight_ih
+                setattr(self, name, Parameter(torch.empty(shape, device=ref.device,
+                                                          dtype=ref.dtype)))
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                if name in self._reg_shapes:
+                    weight.fill_(1.0 if name.startswith("ln_weight") else 0.0)
+                else:
+                    init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        opts = [f"{f}={getattr(self.reg, f)!r}" for f in (
+            "layer_norm", "zoneout_h", "zoneout_c", "gate_clip", "cell_clip", "peepholes")
+            if getattr(self.reg, f) != getattr(type(self.reg)(), f)]
+        return ", ".join([self.spec.extra_repr()] + opts)
+
+    def __call__(self, *args, **kwargs):
+        if _use_torch_nn_ops():
+            raise RuntimeError(
+                f"{type(self).__name__}: torch.func transforms and ONNX export run torch.nn's "
+                f"own ops, and torch.nn has no regularised RNN cells")
+        return torch.nn.Module.__call__(self, *args, **kwargs)
+
+    def _run_step(self, cfg, x, h0, c0, weights):
+        stochastic = self.training and bool(self.reg.zoneout_h or self.reg.zoneout_c)
+        return _run_regularised(self, cfg, x, h0, c0, weights, stochastic, "_l0")
+
+
+def _cell_reg(layer_norm, zoneout_h, zoneout_c, gate_clip, cell_clip, peepholes, ln_eps):
+    return _reg_kwargs(layer_norm, zoneout_h, zoneout_c, 0.0, 0.0, gate_clip, cell_clip,
+                       peepholes, ln_eps)
+
+
+class RegularisedLSTMCell(_RegularisedCellMixin, LSTMCell):
+    """``torch.nn.LSTMCell`` with ``layer_norm``, ``zoneout_h``/``zoneout_c``, ``gate_clip``,
+    ``cell_clip`` and ``peepholes`` (keyword only), parameters ``ln_weight_ih``,
+    ``ln_weight_hh``, ``ln_weight_c``, ``ln_bias_c``, ``weight_peephole`` as they apply. One
+    native step per call (CPU, float32/float64); zoneout draws a mask per call in train mode."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, layer_norm: bool = False, zoneout_h: float = 0.0,
+                 zoneout_c: float = 0.0, gate_clip: Optional[float] = None, cell_clip=None,
+                 peepholes: bool = False, ln_eps: float = 1e-5):
+        self._pending_reg = _cell_reg(layer_norm, zoneout_h, zoneout_c, gate_clip, cell_clip,
+                                      peepholes, ln_eps)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "reg"):
+            self._setup_reg("lstm", self.hidden_size, self.__dict__.pop("_pending_reg"))
+        _RegularisedCellMixin.reset_parameters(self)
+
+
+class RegularisedGRUCell(_RegularisedCellMixin, GRUCell):
+    """``torch.nn.GRUCell`` with ``layer_norm`` and ``zoneout_h`` (keyword only)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, reset_after: bool = True, layer_norm: bool = False,
+                 zoneout_h: float = 0.0, ln_eps: float = 1e-5):
+        self._pending_reg = _cell_reg(layer_norm, zoneout_h, 0.0, None, None, False, ln_eps)
+        self._reset_after_arg = reset_after
+        super().__init__(input_size, hidden_size, bias, device, dtype, reset_after=reset_after)
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "reg"):
+            self._setup_reg("gru", self.hidden_size, self.__dict__.pop("_pending_reg"))
+        _RegularisedCellMixin.reset_parameters(self)
+
+
+class RegularisedRNNCell(_RegularisedCellMixin, RNNCell):
+    """``torch.nn.RNNCell`` with ``layer_norm`` and ``zoneout_h`` (keyword only)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None, *,
+                 layer_norm: bool = False, zoneout_h: float = 0.0, ln_eps: float = 1e-5):
+        self._pending_reg = _cell_reg(layer_norm, zoneout_h, 0.0, None, None, False, ln_eps)
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "reg"):
+            self._setup_reg(self.spec.mode, self.hidden_size, self.__dict__.pop("_pending_reg"))
+        _RegularisedCellMixin.reset_parameters(self)
+
+
 # --------------------------------------------------------------------------------------------
 # Conversions (the classes are not torch.nn's: docs/design.md §3.1 says why)
 
@@ -817,7 +937,7 @@ def to_torch(module: Union[RNNBase, RNNCellBase]) -> torch.nn.Module:
     counterpart (RuntimeError)."""
     if not isinstance(module, (RNNBase, RNNCellBase)):
         raise TypeError(f"to_torch: expected a fusedrnn.torch module, got {type(module).__name__}")
-    if isinstance(module, _RegularisedBase):
+    if getattr(module, "reg", None) is not None:
         raise TypeError(f"to_torch: {type(module).__name__} has no torch.nn counterpart "
                         f"(torch.nn has no regularised RNN cells)")
     return _as_torch_nn(module)  # built on the meta device; its parameters are ours
@@ -847,7 +967,7 @@ def swap_modules(model: torch.nn.Module, to: str) -> torch.nn.Module:
 
     def convert(m):
         if to == "torch" and isinstance(m, (RNNBase, RNNCellBase)) and \
-                not isinstance(m, _RegularisedBase):
+                getattr(m, "reg", None) is None:
             return to_torch(m)
         if to == "fusedrnn" and type(m).__name__ in _TORCH_NN_CLASSES and \
                 isinstance(m, (torch.nn.RNNBase, torch.nn.RNNCellBase)):
