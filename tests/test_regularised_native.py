@@ -221,11 +221,13 @@ def test_gradient_passes_through_clip_boundaries_only_inside():
     assert np.any(dc0 != 0)  # c still carries gradient through f * c_prev
 
 
+@pytest.mark.parametrize("layer_norm", [True, False], ids=["by_rows", "by_units"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_counts_agree(threads):
+def test_thread_counts_agree(threads, layer_norm):
+    """Both time loops (rows: layer norm; units: the rest) on teams of 1-3 threads."""
     import fusedrnn
-    opts = dict(layer_norm=True, zoneout_h=0.2, zoneout_c=0.1, recurrent_dropout=0.25,
-                peepholes=True)
+    opts = dict(layer_norm=layer_norm, zoneout_h=0.2, zoneout_c=0.1, recurrent_dropout=0.25,
+                peepholes=True, gate_clip=1.5, cell_clip=1.0)
     before = fusedrnn.get_num_threads()
     try:
         fusedrnn.set_num_threads(threads)

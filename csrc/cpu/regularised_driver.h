@@ -107,6 +107,166 @@ void with_clips(const RegOptions<T>& o, F&& f) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// The forward time loop without layer normalisation (and not the two-phase GRU): as the plain
+// driver, each thread owns a block of hidden units for the whole loop (its rows of W packed
+// once, its gates' pre-activations, cell and columns of the state), so a step needs one barrier
+// (two with a projection) and no pre-activation crosses between cores. The state is double
+// buffered (h, hnext; with recurrent dropout also its masked copy); the final state is left in h.
+template <class T>
+void forward_by_units(const RegForwardParams<T>& p, const RegPlan<T>& pl, const T* w,
+                      const T* xp, T* hp, T* h, T* hnext, T* hin, T* c, T* cn, T* out,
+                      T* hproj, T* svs, T* wpack, const T* zeros, bool panels) {
+  const RegOptions<T>& o = p.opt;
+  const int64_t B = pl.B, H = pl.H, R = pl.R, GH = pl.GH, S = pl.S, P = pl.P;
+  const int G = pl.G;
+  const int64_t ld_y = p.ld_y ? p.ld_y : R;
+  const StepMap map = pl.map;
+  const T* b_hh = p.b_hh ? p.b_hh : zeros;
+  T* rs = p.reserve;
+  T* saved = pl.training ? rs + pl.lay.saved : nullptr;
+  T* h_prev_s = pl.training ? rs + pl.lay.h_prev : nullptr;
+  T* h_in_s = pl.training ? at(rs, pl.lay.h_in) : nullptr;
+  T* proj_in_s = pl.training ? at(rs, pl.lay.proj_in) : nullptr;
+  const T* rd = o.recurrent_dropout;
+  T* hin2 = rd ? hin + B * R : nullptr;
+  if (rd)
+    for (int64_t k = 0; k < B * R; ++k) hin[k] = h[k] * rd[k];
+  const T* peep = o.peephole ? o.peephole : zeros;
+  const uint8_t* zhm = o.zoneout_h_mask;
+  const uint8_t* zcm = o.zoneout_c_mask;
+  const T zh = o.zoneout_h, zc = o.zoneout_c;
+  bool final_in_next = false;
+
+#pragma omp parallel num_threads(pl.nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const Slice sl(H, P, team, tid);
+    const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
+    const int64_t ldh = G * nj;
+    T* hpt = hp + B * G * j0;  // (B, G*nj): this thread's gates, gate-major over its units
+    T* wp = wpack + (G * j0 + kLanes * tid) * R;
+    if (panels && nj > 0)
+      pack_rows_to_panels(wp, G * nj, R, [&](int64_t i) {
+        return w + ((i / nj) * H + j0 + i % nj) * R;
+      });
+    T* h_cur = h;
+    T* h_nxt = hnext;
+    T* in_cur = rd ? hin : h;
+    T* in_nxt = rd ? hin2 : hnext;
+
+    // the new state of columns [q0, q1) of row b from `fresh` (zoneout, output, masked copy)
+    auto commit = [&](int64_t row, int64_t b, int64_t q0, int64_t q1, const T* fresh) {
+      const T* hc = h_cur + b * R;
+      T* hn = h_nxt + b * R;
+      if (zhm) {
+        const uint8_t* m = zhm + row * R;
+        for (int64_t q = q0; q < q1; ++q) hn[q] = m[q] ? hc[q] : fresh[q];
+      } else if (zh != T(0)) {
+        for (int64_t q = q0; q < q1; ++q) hn[q] = zoneout_mix(zh, hc[q], fresh[q]);
+      } else {
+        for (int64_t q = q0; q < q1; ++q) hn[q] = fresh[q];
+      }
+      std::memcpy(p.y + row * ld_y + q0, hn + q0, sizeof(T) * (q1 - q0));
+      if (rd)
+        for (int64_t q = q0; q < q1; ++q) in_nxt[b * R + q] = hn[q] * rd[b * R + q];
+    };
+
+    for (int64_t s = 0; s < pl.steps; ++s) {
+      if (nj > 0) {
+        if (panels) {
+          packed_gemm(B, G * nj, R, in_cur, R, wp, hpt, ldh);
+        } else {
+          for (int g = 0; g < G; ++g)
+            dot_gemm(B, nj, R, in_cur, R, w + (g * H + j0) * R, R, hpt + g * nj, ldh);
+        }
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (!map.active(s, b)) {
+          for (int64_t q = q0; q < q1; ++q) {
+            h_nxt[b * R + q] = h_cur[b * R + q];
+            if (rd) in_nxt[b * R + q] = in_cur[b * R + q];
+          }
+          continue;
+        }
+        const int64_t row = map.time(s, b) * B + b;
+        const T* xr = xp + row * GH;
+        const T* hrow = hpt + b * ldh - j0;  // gate g of unit j: hrow[g * nj + j]
+        T* sv = pl.training ? saved + row * S * H : svs + b * S * H;
+        if (pl.training) {
+          for (int64_t q = q0; q < q1; ++q) {
+            h_prev_s[row * R + q] = h_cur[b * R + q];
+            if (h_in_s) h_in_s[row * R + q] = in_cur[b * R + q];
+          }
+        }
+        if (pl.lstm) {
+          T* cb = c + b * H;
+          T* cnb = cn + b * H;
+          T* ob = out + b * H;
+          with_clips(o, [&](auto gate_clip, auto cell_clip) {
+#pragma GCC ivdep
+            for (int64_t j = j0; j < j1; ++j) {  // branch-free: vectorises
+              T a[4], og;
+              for (int g = 0; g < 4; ++g)
+                a[g] = xr[g * H + j] + hrow[g * nj + j] + b_hh[g * H + j];
+              const T cnew = RegLstmCell::gates<gate_clip(), cell_clip()>(
+                  a, cb[j], peep[j], peep[H + j], peep[2 * H + j], o, sv + j, H, og);
+              const T tc = tanh_(cnew);
+              sv[kSlotTanhC * H + j] = tc;
+              ob[j] = og * tc;
+              cnb[j] = cnew;
+            }
+          });
+          if (zcm) {
+            const uint8_t* m = zcm + row * H;
+            for (int64_t j = j0; j < j1; ++j) cb[j] = m[j] ? cb[j] : cnb[j];
+          } else if (zc != T(0)) {
+            for (int64_t j = j0; j < j1; ++j) cb[j] = zoneout_mix(zc, cb[j], cnb[j]);
+          } else {
+            for (int64_t j = j0; j < j1; ++j) cb[j] = cnb[j];
+          }
+          if (!pl.proj) {
+            commit(row, b, j0, j1, ob);
+          } else if (pl.training) {
+            std::memcpy(proj_in_s + row * H + j0, ob + j0, sizeof(T) * nj);
+          }
+        } else {
+          const T* hb = h_cur + b * R;
+          auto run = [&](auto cell) {
+            using Cell = decltype(cell);
+#pragma GCC ivdep
+            for (int64_t j = j0; j < j1; ++j) {
+              T ax[Cell::kGates], ah[Cell::kGates], unused = 0;
+              for (int g = 0; g < Cell::kGates; ++g)
+                ax[g] = xr[g * H + j], ah[g] = hrow[g * nj + j] + b_hh[g * H + j];
+              out[b * H + j] = Cell::forward(ax, ah, hb[j], unused, sv + j, H);
+            }
+          };
+          if (pl.gru) run(GruCell{});
+          else if (pl.relu) run(RnnReluCell{});
+          else run(RnnTanhCell{});
+          commit(row, b, j0, j1, out + b * H);
+        }
+      }
+      if (pl.proj) {  // every unit's output first, then this thread's projected columns
+#pragma omp barrier
+        if (q1 > q0)
+          gemm<T>(false, true, B, q1 - q0, H, T(1), out, H, p.w_hr + q0 * H, H, T(0),
+                  hproj + q0, R);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!map.active(s, b)) continue;
+          const int64_t row = map.time(s, b) * B + b;
+          commit(row, b, q0, q1, hproj + b * R);
+        }
+      }
+#pragma omp barrier
+      std::swap(h_cur, h_nxt);
+      std::swap(in_cur, in_nxt);
+    }
+    if (tid == 0) final_in_next = h_cur != h;
+  }
+  if (final_in_next) std::memcpy(h, hnext, sizeof(T) * B * R);
+}
+
 template <class T>
 void reg_forward(const RegForwardParams<T>& p) {
   const RegOptions<T>& o = p.opt;
@@ -118,26 +278,29 @@ void reg_forward(const RegForwardParams<T>& p) {
 
   Carver<T> measure(nullptr);
   auto carve = [&](Carver<T>& cv, T** xp, T** w, T** hin, T** hp, T** h, T** c, T** cn, T** out,
-                   T** hnew, T** rh, T** sv, T** zeros, T** wpack) {
+                   T** hnew, T** rh, T** sv, T** zeros, T** wpack, T** hproj) {
     *xp = cv.take(TB * GH);
+    *hproj = cv.take(pl.proj ? B * R : 0);
     *wpack = cv.take(B >= panel_min_rows() ? (G1H + kLanes * pl.nt) * R : 0);
     *w = cv.take(o.dropconnect ? GH * R : 0);
-    *hin = cv.take(o.recurrent_dropout ? B * R : 0);
+    *hin = cv.take(o.recurrent_dropout ? 2 * B * R : 0);  // two: the unit loop swaps them
     *hp = cv.take(B * GH);
     *h = cv.take(B * R);
     *c = cv.take(pl.lstm ? B * H : 0);
     *cn = cv.take(pl.lstm ? B * H : 0);
-    *out = cv.take(pl.lstm ? B * H : 0);
+    *out = cv.take(B * H);  // the cell output (LSTM; the unit loop: every cell)
     *hnew = cv.take(B * R);
     *rh = cv.take(pl.v1 ? B * H : 0);
     *sv = cv.take(pl.training ? 0 : B * S * H);
     *zeros = cv.take(GH);
   };
-  T *xp, *wbuf, *hin, *hp, *h, *c, *cn, *out, *hnew, *rh, *svs, *zeros, *wpack;
-  carve(measure, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack);
+  T *xp, *wbuf, *hin, *hp, *h, *c, *cn, *out, *hnew, *rh, *svs, *zeros, *wpack, *hproj;
+  carve(measure, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack,
+        &hproj);
   Workspace<T> ws(measure.used(), p.scratch, p.scratch_bytes);
   Carver<T> cv(ws.data());
-  carve(cv, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack);
+  carve(cv, &xp, &wbuf, &hin, &hp, &h, &c, &cn, &out, &hnew, &rh, &svs, &zeros, &wpack,
+        &hproj);
   std::fill(zeros, zeros + GH, T(0));
   const T* b_ih = p.b_ih ? p.b_ih : zeros;
   const T* b_hh = p.b_hh ? p.b_hh : zeros;
@@ -306,6 +469,10 @@ void reg_forward(const RegForwardParams<T>& p) {
   };
   const bool panels = B >= panel_min_rows();
 
+  if (!pl.ln && !pl.v1) {
+    forward_by_units(p, pl, w, xp, hp, h, hnew, hin, c, cn, out, hproj, svs, wpack, zeros,
+                     panels);
+  } else {
   // One region for the time loop: each thread owns a block of batch rows for the pointwise
   // phases and a block of the product's columns (W's rows, packed once into its own panels),
   // with barriers between the phases (layer norm needs whole rows).
@@ -350,6 +517,7 @@ void reg_forward(const RegForwardParams<T>& p) {
       for (int64_t b = b0; b < b1; ++b) commit_row(s, b);
 #pragma omp barrier
     }
+  }
   }
 
   zero_padding(p.y, R, map, B, ld_y);
