@@ -374,3 +374,25 @@ def test_module_forget_bias_and_repr():
     with pytest.raises(ValueError, match="forget_bias"):
         fusedrnn.regularised._RegularisedModule(
             "GRU", 3, 4, 1, True, False, 0.0, False, 0, None, Regularisation(), forget_bias=1.0)
+
+
+def test_scaled_masks_are_the_keep_bits_on_any_thread_count():
+    import fusedrnn
+    from fusedrnn._loader import _C
+    shape, p = (300, 700), 0.3  # past the parallel threshold
+    before = fusedrnn.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            fusedrnn.set_num_threads(threads)
+            out.append((_C.draw_bits(list(shape), p, 9, 77, 2, True),
+                        _C.draw_scaled_mask(list(shape), p, 9, 77, 2, False),
+                        _C.draw_bits(list(shape), p, 9, 77, 2, False)))
+    finally:
+        fusedrnn.set_num_threads(before)
+    (keep, scaled, zoned), (keep2, scaled2, zoned2) = out
+    assert np.array_equal(keep, keep2) and np.array_equal(scaled, scaled2)
+    np.testing.assert_array_equal(scaled, keep.astype(np.float32) * np.float32(1 / 0.7))
+    assert np.array_equal(zoned, 1 - keep) and 0.27 < zoned.mean() < 0.33
+    with pytest.raises(ValueError, match="p < 1"):
+        _C.draw_scaled_mask([3], 1.0, 0, 0, 0, False)

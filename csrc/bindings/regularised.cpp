@@ -364,28 +364,59 @@ py::dict py_reg_backward(int kind, py::handle x, py::handle w_ih, py::handle w_h
                                    : backward_t<float>(c, reserve, dy, dh_n, dc_n);
 }
 
-// Bernoulli bits from the shared counter-based generator: element i is 1 iff U(stream, i) < p
-// (zoneout: the unit keeps its previous value) or, with keep=True, iff U >= p (a dropout
-// keep-bit). stream: dropout_stream(splitmix64(seed ^ purpose), index).
-py::array py_draw_bits(std::vector<int64_t> shape, double p, uint64_t seed, uint64_t purpose,
-                       int64_t index, bool keep) {
+// Bernoulli draws from the shared counter-based generator: element i is kept iff
+// U(stream, i) >= p (dropout_keep), stream = dropout_stream(splitmix64(seed ^ purpose), index).
+// Parallel over the elements (each is a pure function of its index: any split gives the same).
+template <class F>
+void for_elements(int64_t n, F&& f) {
+  run_parallel_work([&] {
+#pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) f(i);
+  });
+}
+
+int64_t element_count(const std::vector<int64_t>& shape, double p) {
   FUSEDRNN_CHECK(p >= 0.0 && p <= 1.0, "p must lie in [0, 1], got ", p);
   int64_t n = 1;
   for (int64_t d : shape) {
     FUSEDRNN_CHECK(d >= 0, "shape must be non-negative");
     n *= d;
   }
+  return n;
+}
+
+// uint8: 1 where kept (keep=True) or where dropped (keep=False: zoneout's "keep the previous
+// value" bit, probability p).
+py::array py_draw_bits(std::vector<int64_t> shape, double p, uint64_t seed, uint64_t purpose,
+                       int64_t index, bool keep) {
+  const int64_t n = element_count(shape, p);
   py::array_t<uint8_t> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
   uint8_t* o = out.mutable_data();
   const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
-  {
-    py::gil_scoped_release nogil;
-    for (int64_t i = 0; i < n; ++i) {
-      const bool k = dropout_keep(stream, i, p);
-      o[i] = uint8_t(keep ? k : !k);
-    }
-  }
+  py::gil_scoped_release nogil;
+  for_elements(n, [&](int64_t i) { o[i] = uint8_t(dropout_keep(stream, i, p) == keep); });
   return out;
+}
+
+// A dropout mask already scaled: keep / (1 - p) (p < 1), float32 or float64.
+template <class T>
+py::array scaled_mask(const std::vector<int64_t>& shape, double p, uint64_t seed,
+                      uint64_t purpose, int64_t index) {
+  const int64_t n = element_count(shape, p);
+  FUSEDRNN_CHECK(p < 1.0, "a scaled mask needs p < 1, got ", p);
+  py::array_t<T> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  T* o = out.mutable_data();
+  const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
+  const T scale = T(1.0 / (1.0 - p));
+  py::gil_scoped_release nogil;
+  for_elements(n, [&](int64_t i) { o[i] = dropout_keep(stream, i, p) ? scale : T(0); });
+  return out;
+}
+
+py::array py_draw_scaled(std::vector<int64_t> shape, double p, uint64_t seed, uint64_t purpose,
+                         int64_t index, bool float64) {
+  return float64 ? scaled_mask<double>(shape, p, seed, purpose, index)
+                 : scaled_mask<float>(shape, p, seed, purpose, index);
 }
 
 }  // namespace
@@ -406,7 +437,11 @@ void register_regularised(py::module_& m) {
         "the options' parameters).");
   m.def("draw_bits", &py_draw_bits, py::arg("shape"), py::arg("p"), py::arg("seed"),
         py::arg("purpose"), py::arg("index"), py::arg("keep"),
-        "uint8 Bernoulli bits of the counter-based generator (core/dropout.h).");
+        "uint8 Bernoulli bits of the counter-based generator (core/dropout.h): 1 where kept "
+        "(keep=True) or where dropped (keep=False).");
+  m.def("draw_scaled_mask", &py_draw_scaled, py::arg("shape"), py::arg("p"), py::arg("seed"),
+        py::arg("purpose"), py::arg("index"), py::arg("float64"),
+        "The same generator's keep bits as a dropout mask scaled by 1/(1-p).");
 }
 
 }  // namespace bind

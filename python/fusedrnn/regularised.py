@@ -187,6 +187,12 @@ def _bits(shape, p, seed, purpose, index, keep):
     return _C.draw_bits(list(shape), float(p), int(seed) & (2**64 - 1), purpose, int(index), keep)
 
 
+def _scaled(shape, p, seed, purpose, index, dt):
+    """keep / (1 - p) with the keep bits of :func:`_bits` (keep=True)."""
+    return _C.draw_scaled_mask(list(shape), float(p), int(seed) & (2**64 - 1), purpose,
+                               int(index), dt == np.float64)
+
+
 def _layer_options(reg, mode, stochastic, seed, k, T, B, H, R, dt):
     """The native options of layer-direction k, and the masks drawn (stochastic)."""
     G = _GATES[mode]
@@ -204,11 +210,11 @@ def _layer_options(reg, mode, stochastic, seed, k, T, B, H, R, dt):
         if reg.zoneout_c and mode == "lstm":
             masks["zoneout_c_mask"] = _bits((T, B, H), reg.zoneout_c, seed, _ZONEOUT_C, k, False)
         if reg.recurrent_dropout:
-            keep = _bits((B, R), reg.recurrent_dropout, seed, _RECURRENT, k, True)
-            masks["recurrent_dropout_mask"] = keep.astype(dt) / dt.type(1 - reg.recurrent_dropout)
+            masks["recurrent_dropout_mask"] = _scaled((B, R), reg.recurrent_dropout, seed,
+                                                      _RECURRENT, k, dt)
         if reg.dropconnect:
-            keep = _bits((G * H, R), reg.dropconnect, seed, _DROPCONNECT, k, True)
-            masks["dropconnect_mask"] = keep.astype(dt) / dt.type(1 - reg.dropconnect)
+            masks["dropconnect_mask"] = _scaled((G * H, R), reg.dropconnect, seed,
+                                                _DROPCONNECT, k, dt)
         o.update(masks)
     else:
         if reg.zoneout_h:
