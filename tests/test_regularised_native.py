@@ -396,3 +396,39 @@ def test_scaled_masks_are_the_keep_bits_on_any_thread_count():
     assert np.array_equal(zoned, 1 - keep) and 0.27 < zoned.mean() < 0.33
     with pytest.raises(ValueError, match="p < 1"):
         _C.draw_scaled_mask([3], 1.0, 0, 0, 0, False)
+
+
+@pytest.mark.parametrize("zoneout", ["none", "inference"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_haste_weights_map_over(kind, zoneout):
+    """from_haste + the kernels against the float64 reimplementation of Haste's equations
+    (tests/test_reference_regularised.py), eval mode (Haste's inference)."""
+    from test_reference_regularised import _haste_layer_norm_gru, _haste_layer_norm_lstm
+    rng = np.random.default_rng(5)
+    T, B, I, H = 6, 3, 4, 5
+    G = 4 if kind == "lstm" else 3
+    state = dict(kernel=rng.uniform(-.5, .5, (I, G * H)),
+                 recurrent_kernel=rng.uniform(-.5, .5, (H, G * H)),
+                 bias=rng.uniform(-.5, .5, G * H), gamma=rng.uniform(.6, 1.4, (2, G * H)))
+    if kind == "lstm":
+        state.update(gamma_h=rng.uniform(.6, 1.4, H), beta_h=rng.uniform(-.4, .4, H))
+    else:
+        state["recurrent_bias"] = rng.uniform(-.5, .5, G * H)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    p = 0.3 if zoneout == "inference" else 0.0
+    reg = Regularisation(layer_norm=True, zoneout_h=p)
+    params = fr.from_haste(kind, state)
+    y, h_n, c_n, _ = fr.stack_forward(kind, x, params, reg=reg, h0=h0[None],
+                                      c0=c0[None] if kind == "lstm" else None, training=False)
+    if kind == "lstm":
+        hs, _ = _haste_layer_norm_lstm(x, h0, c0, state["kernel"], state["recurrent_kernel"],
+                                       state["bias"], state["gamma"], state["gamma_h"],
+                                       state["beta_h"], p, None, False)
+    else:
+        hs = _haste_layer_norm_gru(x, h0, state["kernel"], state["recurrent_kernel"],
+                                   state["bias"], state["recurrent_bias"], state["gamma"], p,
+                                   None, False)
+    np.testing.assert_allclose(y, hs[1:], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="missing"):
+        fr.from_haste(kind, {"kernel": state["kernel"]})

@@ -42,7 +42,7 @@ from fusedrnn.reference_regularised import LN_EPS
 
 __all__ = ["Regularisation", "RegContext", "stack_forward", "stack_backward", "param_names",
            "param_shapes", "init_params", "MODES", "RegularisedRNN", "RegularisedLSTM",
-           "RegularisedGRU"]
+           "RegularisedGRU", "from_haste"]
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -222,6 +222,68 @@ def _layer_options(reg, mode, stochastic, seed, k, T, B, H, R, dt):
         if reg.zoneout_c and mode == "lstm":
             o["zoneout_c"] = float(reg.zoneout_c)
     return o, masks
+
+
+_HASTE_PERM = {"lstm": (0, 2, 1, 3), "gru": (1, 0, 2)}  # our gate blocks from Haste's
+
+
+def from_haste(kind: str, state: Dict[str, Any], *, layer: int = 0, direction: int = 0,
+               dtype=None) -> Dict[str, np.ndarray]:
+    """Haste's ``LayerNormLSTM``/``LayerNormGRU`` weights (its PyTorch ``state_dict``, or the
+    same arrays by name) as this module's parameters of one layer and direction:
+
+    * LSTM (``kind="lstm"``): ``kernel (I, 4H)``, ``recurrent_kernel (H, 4H)``, ``bias (4H,)``
+      (gates i, g, f, o), ``gamma (2, 4H)``, ``gamma_h (H,)``, ``beta_h (H,)``;
+    * GRU (``kind="gru"``, ``reset_after=True``): ``kernel (I, 3H)``, ``recurrent_kernel
+      (H, 3H)``, ``bias``, ``recurrent_bias (3H,)`` (gates z, r, n), ``gamma (2, 3H)``.
+
+    Kernels are transposed and their gate blocks reordered to PyTorch's (i, f, g, o / r, z, n);
+    ``gamma[0]``/``gamma[1]`` become ``ln_weight_ih``/``ln_weight_hh``; Haste's one LSTM bias
+    is ``bias_ih`` with ``bias_hh`` zero (the cell only sees their sum); ``gamma_h``/``beta_h``
+    are ``ln_weight_c``/``ln_bias_c``. Use ``Regularisation(layer_norm=True, zoneout_h=p)``
+    (Haste's ``zoneout``) and ``dropconnect`` (Haste's ``dropout``). Tensors are converted
+    with ``numpy.asarray``; ``dtype`` (default: the kernel's)."""
+    if kind not in _HASTE_PERM:
+        raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
+    perm = _HASTE_PERM[kind]
+    G = len(perm)
+    need = ["kernel", "recurrent_kernel", "bias", "gamma"] + (
+        ["gamma_h", "beta_h"] if kind == "lstm" else ["recurrent_bias"])
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise ValueError(f"from_haste: the {kind} state is missing {', '.join(missing)}")
+
+    def arr(name):
+        a = state[name]
+        a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+        return a if dtype is None else a.astype(dtype)
+
+    kernel, rec = arr("kernel"), arr("recurrent_kernel")
+    if kernel.ndim != 2 or kernel.shape[1] % G:
+        raise ValueError(f"kernel must have shape (input_size, {G}*H), got {kernel.shape}")
+    H = kernel.shape[1] // G
+    shapes = {"recurrent_kernel": (H, G * H), "bias": (G * H,), "gamma": (2, G * H),
+              "gamma_h": (H,), "beta_h": (H,), "recurrent_bias": (G * H,)}
+    for name in need[1:]:
+        if arr(name).shape != shapes[name]:
+            raise ValueError(f"{name} must have shape {shapes[name]}, got {arr(name).shape}")
+
+    def blocks(a):  # gate blocks along the first axis, reordered to ours
+        parts = np.split(a, G, axis=0)
+        return np.ascontiguousarray(np.concatenate([parts[k] for k in perm], axis=0))
+
+    dt = kernel.dtype if dtype is None else np.dtype(dtype)
+    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+    gamma = arr("gamma")
+    out = {"weight_ih" + sfx: blocks(kernel.T), "weight_hh" + sfx: blocks(rec.T),
+           "bias_ih" + sfx: blocks(arr("bias")),
+           "bias_hh" + sfx: (blocks(arr("recurrent_bias")) if kind == "gru"
+                             else np.zeros(G * H, dt)),
+           "ln_weight_ih" + sfx: blocks(gamma[0]), "ln_weight_hh" + sfx: blocks(gamma[1])}
+    if kind == "lstm":
+        out["ln_weight_c" + sfx] = np.ascontiguousarray(arr("gamma_h"))
+        out["ln_bias_c" + sfx] = np.ascontiguousarray(arr("beta_h"))
+    return out
 
 
 class RegContext:
