@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -256,6 +258,22 @@ RegOptions<T> options(const RegCall& c) {
   return o;
 }
 
+// Touches fresh memory (the training state: tens of MiB with layer norm) on every thread of the
+// team, so the kernel's page zeroing is split over the threads instead of falling on whichever
+// thread writes a page first, inside the time loop, while the others wait at its barriers.
+void first_touch(void* data, size_t bytes) {
+  constexpr size_t kChunk = size_t(1) << 20;
+  const int64_t chunks = int64_t((bytes + kChunk - 1) / kChunk);
+  char* base = static_cast<char*>(data);
+  run_parallel_work([&] {
+#pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (chunks > 1)
+    for (int64_t i = 0; i < chunks; ++i) {
+      const size_t off = size_t(i) * kChunk;
+      std::memset(base + off, 0, std::min(kChunk, bytes - off));
+    }
+  });
+}
+
 py::array new_array(DType t, std::vector<int64_t> shape) {
   return allocate(py::none(), shape, t).object;
 }
@@ -285,6 +303,7 @@ py::tuple forward_t(const RegCall& c, bool training) {
   }
   {
     py::gil_scoped_release nogil;
+    if (p.reserve) first_touch(p.reserve, sizeof(T) * size_t(c.layout().total));
     reg_layer_forward<T>(p);
   }
   return py::make_tuple(y, h_n, c_n, reserve);

@@ -769,6 +769,142 @@ void reg_backward(const RegBackwardParams<T>& p) {
   };
   const bool panels = B >= panel_min_rows();
 
+  if (!pl.ln && !pl.v1) {
+  // Without layer normalisation: as the plain driver, each thread owns hidden units (and the
+  // columns of d h_prev: its units, or a block of the P projected columns) for the whole loop;
+  // one barrier per step (two with a projection), the step's d(pre-activations) double
+  // buffered so the next step's cell can write while another thread still multiplies.
+  T* dbuf[2] = {dstep, da};
+  const T* peep = o.peephole ? o.peephole : zeros;
+  const uint8_t* zhm = o.zoneout_h_mask;
+  const uint8_t* zcm = o.zoneout_c_mask;
+  const T zh = o.zoneout_h, zc = o.zoneout_c;
+  const T* rd = o.recurrent_dropout;
+  const bool has_direct = pl.gru;
+#pragma omp parallel num_threads(pl.nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const Slice sl(H, P, team, tid);
+    const int64_t j0 = sl.j0, j1 = sl.j1, nj = sl.units(), q0 = sl.q0, q1 = sl.q1;
+    T* wp = wpack + (q0 + kLanes * tid) * G1H;
+    if (panels && q1 > q0) pack_cols_to_panels(wp, q1 - q0, G1H, w + q0, R);
+    T* ac = acc_of(tid);
+
+    for (int64_t s = pl.steps - 1; s >= 0; --s) {
+      T* dst = dbuf[s & 1];
+      // d h_t of this thread's columns; zoneout splits it
+      for (int64_t b = 0; b < B; ++b) {
+        T* dn = dhnew + b * R;
+        if (!map.active(s, b)) {
+          for (int64_t q = q0; q < q1; ++q) dn[q] = T(0);
+          continue;
+        }
+        const int64_t row = map.time(s, b) * B + b;
+        T* dt = dht + b * R;
+        const T* db = dh + b * R;
+        const T* dyr = p.dy ? p.dy + row * ld_dy : nullptr;
+        for (int64_t q = q0; q < q1; ++q) dt[q] = db[q] + (dyr ? dyr[q] : T(0));
+        if (zhm) {
+          const uint8_t* m = zhm + row * R;
+          for (int64_t q = q0; q < q1; ++q) dn[q] = m[q] ? T(0) : dt[q];
+        } else if (zh != T(0)) {
+          for (int64_t q = q0; q < q1; ++q) dn[q] = (T(1) - zh) * dt[q];
+        } else {
+          for (int64_t q = q0; q < q1; ++q) dn[q] = dt[q];
+        }
+        if (pl.proj) std::memcpy(dproj + row * P + q0, dn + q0, sizeof(T) * (q1 - q0));
+      }
+      if (pl.proj) {  // every projected column first, then this thread's units of d(out)
+#pragma omp barrier
+        if (nj > 0)
+          gemm<T>(false, false, B, nj, P, T(1), dhnew, R, p.w_hr + j0, H, T(0), dout + j0, H);
+      }
+      // the cell's backward on this thread's units
+      for (int64_t b = 0; b < B; ++b) {
+        T* dsb = dst + b * GH;
+        if (!map.active(s, b)) {
+          for (int g = 0; g < pl.G; ++g)
+            for (int64_t j = j0; j < j1; ++j) dsb[g * H + j] = T(0);
+          continue;
+        }
+        const int64_t row = map.time(s, b) * B + b;
+        const T* sv = saved + row * S * H;
+        const T* dob = dcell + b * ldc;
+        T* dxr = dxp + row * GH;
+        T* dhr = dhh + row * GH;
+        if (pl.lstm) {
+          T* dcb = dc + b * H;
+          const uint8_t* mcm = zcm ? zcm + row * H : nullptr;
+          T* dpp = ac + a_peep;
+          with_clips(o, [&](auto gate_clip, auto cell_clip) {
+#pragma GCC ivdep
+            for (int64_t j = j0; j < j1; ++j) {
+              const T dct = dcb[j];
+              const T keep = mcm ? T(mcm[j]) : zc;  // zoneout weight of the previous c
+              T dat[4];
+              const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
+                  sv + j, H, dob[j], (T(1) - keep) * dct +
+                  RegLstmCell::d_tanh_input(sv + j, H, dob[j]), peep[j], peep[H + j],
+                  peep[2 * H + j], dat, dpp + j, H);
+              for (int g = 0; g < 4; ++g) {
+                dxr[g * H + j] = dhr[g * H + j] = dsb[g * H + j] = dat[g];
+                ac[a_bhh + g * H + j] += dat[g];
+              }
+              dcb[j] = dcp + keep * dct;
+            }
+          });
+        } else {
+          const T* hpb = h_prev_s + row * R;
+          T* dirb = direct + b * R;
+          auto run = [&](auto cell) {
+            using Cell = decltype(cell);
+#pragma GCC ivdep
+            for (int64_t j = j0; j < j1; ++j) {
+              T dax[Cell::kGates], dah[Cell::kGates], dd = 0, unused = 0;
+              Cell::backward(sv + j, H, dob[j], hpb[j], unused, dax, dah, dd);
+              for (int g = 0; g < Cell::kGates; ++g) {
+                const T d_h = Cell::kSplitGrad ? dah[g] : dax[g];
+                dxr[g * H + j] = dax[g];
+                dhr[g * H + j] = dsb[g * H + j] = d_h;
+                ac[a_bhh + g * H + j] += d_h;
+              }
+              dirb[j] = dd;
+            }
+          };
+          if (pl.gru) run(GruCell{});
+          else if (pl.relu) run(RnnReluCell{});
+          else run(RnnTanhCell{});
+        }
+      }
+#pragma omp barrier
+      // d h_prev of this thread's columns: the product, masked, the direct path, zoneout
+      if (q1 > q0) {
+        if (panels) packed_gemm(B, q1 - q0, G1H, dst, GH, wp, dtmp + q0, R);
+        else direct_gemm_small(B, q1 - q0, G1H, dst, GH, w + q0, R, dtmp + q0, R);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (!map.active(s, b)) continue;
+        const int64_t row = map.time(s, b) * B + b;
+        T* db = dh + b * R;
+        const T* tb = dtmp + b * R;
+        const T* dt = dht + b * R;
+        const T* dir = direct + b * R;
+        const T* rdb = rd ? rd + b * R : nullptr;
+        for (int64_t q = q0; q < q1; ++q) {
+          T v = rdb ? tb[q] * rdb[q] : tb[q];
+          if (has_direct) v += dir[q];
+          db[q] = v;
+        }
+        if (zhm) {
+          const uint8_t* m = zhm + row * R;
+          for (int64_t q = q0; q < q1; ++q) db[q] += m[q] ? dt[q] : T(0);
+        } else if (zh != T(0)) {
+          for (int64_t q = q0; q < q1; ++q) db[q] += zh * dt[q];
+        }
+      }
+    }
+  }
+  } else {
   // One region for the time loop, as the forward's: batch rows for the pointwise phases,
   // column blocks (of W's columns, packed once per thread) for the products.
 #pragma omp parallel num_threads(pl.nt)
@@ -807,6 +943,8 @@ void reg_backward(const RegBackwardParams<T>& p) {
 #pragma omp barrier
       for (int64_t b = b0; b < b1; ++b) state_row(s, b);
     }
+  }
+
   }
 
   // Final state gradients; parameter gradients from the accumulators.
