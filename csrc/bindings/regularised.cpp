@@ -303,7 +303,9 @@ py::tuple forward_t(const RegCall& c, bool training) {
   }
   {
     py::gil_scoped_release nogil;
-    if (p.reserve) first_touch(p.reserve, sizeof(T) * size_t(c.layout().total));
+    // (only where it pays: a smaller state's zeroing pass costs more than its faults, measured)
+    const size_t reserve_bytes = sizeof(T) * size_t(c.layout().total);
+    if (p.reserve && reserve_bytes >= (size_t(32) << 20)) first_touch(p.reserve, reserve_bytes);
     reg_layer_forward<T>(p);
   }
   return py::make_tuple(y, h_n, c_n, reserve);

@@ -315,9 +315,11 @@ void reg_forward(const RegForwardParams<T>& p) {
   T* h_in_s = pl.training ? at(rs, pl.lay.h_in) : nullptr;
   T* proj_in_s = pl.training ? at(rs, pl.lay.proj_in) : nullptr;
 
-  // The input projection for all T*B rows, normalised, b_ih added.
-  gemm_par<T>(false, true, TB, GH, pl.I, T(1), p.x, pl.ld_x, p.w_ih, pl.I, T(0), xp, GH);
-  for_rows(TB, pl.nt, [&](int64_t r, int) {
+  // The input projection for all T*B rows, normalised, b_ih added: each thread finishes the
+  // rows it multiplied while they are in its cache (a separate pass over T*B*G*H was a tenth of
+  // a B=64 forward). Few rows: W_ih read in place by column blocks (a BLAS call would re-pack
+  // all of it for a handful of rows), then the rows after a barrier.
+  auto finish_row = [&](int64_t r) {
     T* v = xp + r * GH;
     if (pl.ln) {
       T mean, rstd;
@@ -330,9 +332,27 @@ void reg_forward(const RegForwardParams<T>& p) {
       }
       if (rstd_ih) rstd_ih[r] = rstd;
     } else {
+#pragma GCC ivdep
       for (int64_t k = 0; k < GH; ++k) v[k] += b_ih[k];
     }
-  });
+  };
+  const bool dot_proj = TB <= dot_projection_max_rows();
+#pragma omp parallel num_threads(pl.nt)
+  {
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t r0, r1;
+    split_range(TB, team, tid, r0, r1);
+    if (dot_proj) {
+      int64_t c0, c1;
+      split_range(GH, team, tid, c0, c1);
+      if (c1 > c0) dot_gemm(TB, c1 - c0, pl.I, p.x, pl.ld_x, p.w_ih + c0 * pl.I, pl.I, xp + c0, GH);
+#pragma omp barrier
+    } else if (r1 > r0) {
+      gemm<T>(false, true, r1 - r0, GH, pl.I, T(1), p.x + r0 * pl.ld_x, pl.ld_x, p.w_ih, pl.I,
+              T(0), xp + r0 * GH, GH);
+    }
+    for (int64_t r = r0; r < r1; ++r) finish_row(r);
+  }
 
   if (p.h0) std::memcpy(h, p.h0, sizeof(T) * B * R);
   else std::fill(h, h + B * R, T(0));
@@ -569,7 +589,9 @@ void reg_backward(const RegBackwardParams<T>& p) {
                    T** rowtmp, T** acc, T** ones, T** xz, T** zeros, T** wpack) {
     *dxp = cv.take(TB * GH);
     *wpack = cv.take(B >= panel_min_rows() ? (R + kLanes * nt) * G1H : 0);
-    *dhh = cv.take(TB * GH);
+    // d(recurrent pre-activations) by time: dxp itself unless layer norm or the GRU's split
+    // makes them differ
+    *dhh = (pl.ln || pl.gru) ? cv.take(TB * GH) : nullptr;
     *dproj = cv.take(pl.proj ? TB * P : 0);
     *w = cv.take(o.dropconnect ? GH * R : 0);
     *dh = cv.take(B * R);
@@ -582,7 +604,7 @@ void reg_backward(const RegBackwardParams<T>& p) {
     *dtmp = cv.take(B * R);
     *direct = cv.take(B * R);
     *drh = cv.take(pl.v1 ? B * H : 0);
-    *rowtmp = cv.take(nt * (H + 16));
+    *rowtmp = cv.take(nt * 2 * (H + 16));  // per thread: d tanh input, zoneout-c weights
     *acc = cv.take(nt * acc_w);
     *ones = cv.take(TB);
     *xz = cv.take(p.lengths ? TB * I : 0);
@@ -599,9 +621,10 @@ void reg_backward(const RegBackwardParams<T>& p) {
         &drh, &rowtmp, &acc, &ones, &xz, &zeros,
         &wpack);
   const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  if (!dhh) dhh = dxp;
   std::fill(zeros, zeros + 3 * H, T(0));
   zero_padding(dxp, GH, map, B);
-  zero_padding(dhh, GH, map, B);
+  if (dhh != dxp) zero_padding(dhh, GH, map, B);
   if (pl.proj) zero_padding(dproj, P, map, B);
   std::fill(acc, acc + nt * acc_w, T(0));
   if (p.dh_n) std::memcpy(dh, p.dh_n, sizeof(T) * B * R);
@@ -658,9 +681,12 @@ void reg_backward(const RegBackwardParams<T>& p) {
     const T* hpb = h_prev_s + row * R;
     if (pl.lstm) {
       T* dcb = dc + b * H;
-      T* tmp = rowtmp + tid * (H + 16);
+      T* tmp = rowtmp + tid * 2 * (H + 16);
       const T mc = o.zoneout_c;
       const uint8_t* mcm = o.zoneout_c_mask ? o.zoneout_c_mask + row * H : nullptr;
+      T* keepv = tmp + (H + 16);  // zoneout weight of the previous c, per unit (no branch below)
+      if (mcm) for (int64_t j = 0; j < H; ++j) keepv[j] = T(mcm[j]);
+      else std::fill(keepv, keepv + H, mc);
       // d(tanh input) -> through the cell-state normalisation -> d c'
       for (int64_t j = 0; j < H; ++j) tmp[j] = RegLstmCell::d_tanh_input(sv + j, H, dob[j]);
       if (o.ln_weight_c) {
@@ -677,7 +703,7 @@ void reg_backward(const RegBackwardParams<T>& p) {
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           const T dct = dcb[j];
-          const T keep = mcm ? T(mcm[j]) : mc;  // zoneout weight of the previous c
+          const T keep = keepv[j];
           T dat[4];
           const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
               sv + j, H, dob[j], (T(1) - keep) * dct + tmp[j], pp[j], pp[H + j],
@@ -688,6 +714,7 @@ void reg_backward(const RegBackwardParams<T>& p) {
       });
     } else if (pl.v1) {
       T dummy = 0;
+#pragma GCC ivdep
       for (int64_t j = 0; j < H; ++j) {
         T dax[3], dahx[3], dd;
         GruV1Cell::backward(sv + j, H, dob[j], hpb[j], dummy, dax, dahx, dd);
@@ -836,11 +863,14 @@ void reg_backward(const RegBackwardParams<T>& p) {
           T* dcb = dc + b * H;
           const uint8_t* mcm = zcm ? zcm + row * H : nullptr;
           T* dpp = ac + a_peep;
+          T* keepv = rowtmp + tid * 2 * (H + 16);  // zoneout weight of the previous c, per unit
+          if (mcm) for (int64_t j = j0; j < j1; ++j) keepv[j] = T(mcm[j]);
+          else for (int64_t j = j0; j < j1; ++j) keepv[j] = zc;
           with_clips(o, [&](auto gate_clip, auto cell_clip) {
 #pragma GCC ivdep
             for (int64_t j = j0; j < j1; ++j) {
               const T dct = dcb[j];
-              const T keep = mcm ? T(mcm[j]) : zc;  // zoneout weight of the previous c
+              const T keep = keepv[j];
               T dat[4];
               const T dcp = RegLstmCell::backward<gate_clip(), cell_clip()>(
                   sv + j, H, dob[j], (T(1) - keep) * dct +
