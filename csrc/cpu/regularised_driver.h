@@ -83,8 +83,9 @@ const T* at(const T* base, int64_t off) {
 
 // W_hh, or W_hh * DropConnect (the call's weights, written into `scratch`).
 template <class T>
-const T* recurrent_weights(const T* w_hh, const T* mask, int64_t n, T* scratch) {
+const T* recurrent_weights(const T* w_hh, const T* mask, int64_t n, T* scratch, int nt) {
   if (!mask) return w_hh;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 65536)
   for (int64_t k = 0; k < n; ++k) scratch[k] = w_hh[k] * mask[k];
   return scratch;
 }
@@ -304,7 +305,7 @@ void reg_forward(const RegForwardParams<T>& p) {
   std::fill(zeros, zeros + GH, T(0));
   const T* b_ih = p.b_ih ? p.b_ih : zeros;
   const T* b_hh = p.b_hh ? p.b_hh : zeros;
-  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf, pl.nt);
   T* saved = pl.training ? rs + pl.lay.saved : nullptr;
   T* xhat = pl.training ? at(rs, pl.lay.xhat) : nullptr;
   T* rstd_ih = pl.training ? at(rs, pl.lay.rstd_ih) : nullptr;
@@ -620,7 +621,7 @@ void reg_backward(const RegBackwardParams<T>& p) {
   carve(cv, &dxp, &dhh, &dproj, &wbuf, &dh, &dc, &dht, &dhnew, &dout, &da, &dstep, &dtmp, &direct,
         &drh, &rowtmp, &acc, &ones, &xz, &zeros,
         &wpack);
-  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf);
+  const T* w = recurrent_weights(p.w_hh, o.dropconnect, GH * R, wbuf, pl.nt);
   if (!dhh) dhh = dxp;
   std::fill(zeros, zeros + 3 * H, T(0));
   zero_padding(dxp, GH, map, B);
@@ -1001,8 +1002,12 @@ void reg_backward(const RegBackwardParams<T>& p) {
   if (pl.v1)
     gemm_par<T>(true, false, H, H, TB, T(1), dhh + 2 * H, GH, saved + 3 * H, S * H, T(0),
                 dw + 2 * H * R, R);
-  if (o.dropconnect)
-    for (int64_t k = 0; k < GH * R; ++k) dw[k] *= o.dropconnect[k];
+  if (o.dropconnect) {
+    const T* m = o.dropconnect;
+    const int64_t n = GH * R;
+#pragma omp parallel for num_threads(pl.nt) schedule(static) if (n > 65536)
+    for (int64_t k = 0; k < n; ++k) dw[k] *= m[k];
+  }
   if (pl.proj && p.dw_hr)
     gemm_par<T>(true, false, P, H, TB, T(1), dproj, P, proj_in_s, H, T(0), p.dw_hr, H);
 
