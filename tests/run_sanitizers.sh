@@ -249,8 +249,9 @@ else
   args=(tests/test_native.py tests/test_bad_input.py tests/test_activations.py
         tests/test_boundary.py tests/test_cells.py tests/test_threads.py
         tests/test_modules.py tests/test_nn_optim.py tests/test_reliability.py
-        tests/test_fuzz.py tests/test_device_emulation.py tests/test_half_storage.py)
-  if [[ $torch == 1 ]]; then args+=(tests/test_torch_adapter.py); fi
+        tests/test_fuzz.py tests/test_device_emulation.py tests/test_half_storage.py
+        tests/test_regularised_native.py)
+  if [[ $torch == 1 ]]; then args+=(tests/test_torch_adapter.py tests/test_torch_regularised.py); fi
   args+=(-k "(not test_native_matches_reference or -7-) and not idle_cap and not capped")
   plugin=(-p _san_select)
   export FUSEDRNN_FUZZ_SECONDS=${FUSEDRNN_FUZZ_SECONDS:-20}

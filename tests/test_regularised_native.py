@@ -137,7 +137,7 @@ def _close(name, got, want, dt):
 
 @pytest.mark.parametrize("dt", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,opts,mode,layout", list(_cases()))
-def test_native_matches_reference(name, opts, mode, layout, dt):
+def test_kernels_match_reference(name, opts, mode, layout, dt):
     outs, ctx, rctx, (y, h_n, c_n), rng = _run_both(name, opts, mode, layout, dt)
     for key, (got, want) in outs.items():
         if want is None:
@@ -231,7 +231,7 @@ def test_thread_counts_agree(threads, layer_norm):
     before = fusedrnn.get_num_threads()
     try:
         fusedrnn.set_num_threads(threads)
-        test_native_matches_reference("threads", opts, "lstm", "two_bidir_lengths", np.float64)
+        test_kernels_match_reference("threads", opts, "lstm", "two_bidir_lengths", np.float64)
     finally:
         fusedrnn.set_num_threads(before)
 
@@ -290,7 +290,7 @@ def test_native_entry_checks_masks_and_rates():
         _C.reg_layer_forward(*args, False, {"zonout_h": 0.2})
     with pytest.raises(ValueError, match="reserve must have shape"):
         _C.reg_layer_backward(*args[:7], None, False, {}, np.zeros(3, np.float32), None, None,
-                              None)
+                              None, None)
 
 
 def test_inference_with_only_dropouts_is_the_plain_stack():
@@ -432,3 +432,20 @@ def test_haste_weights_map_over(kind, zoneout):
     np.testing.assert_allclose(y, hs[1:], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="missing"):
         fr.from_haste(kind, {"kernel": state["kernel"]})
+
+
+@pytest.mark.parametrize("what", ["weight_hh_l0", "ln_weight_c_l0", "x"])
+def test_in_place_change_before_backward_raises(what):
+    """A training forward stamps what backward reads; a change in between raises instead of
+    combining the old activations with the new values (as fusedrnn.functional)."""
+    _, _, reg, params, x, h0, c0, _, _ = _setup("lstm", dict(layer_norm=True, zoneout_h=0.2),
+                                                "one", np.float64)
+    y, h_n, c_n, ctx = fr.stack_forward("lstm", x, params, reg=reg, h0=h0, c0=c0)
+    fr.stack_backward(ctx, y)  # unchanged: fine, and repeatable
+    (x if what == "x" else params[what])[..., 0] += 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        fr.stack_backward(ctx, y)
+    y, h_n, c_n, ctx = fr.stack_forward("lstm", x, params, reg=reg, h0=h0, c0=c0,
+                                        check_inplace=False)
+    params["weight_hh_l0"][0, 0] += 1.0
+    fr.stack_backward(ctx, y)  # not checked when asked not to

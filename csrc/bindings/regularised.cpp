@@ -274,12 +274,49 @@ void first_touch(void* data, size_t bytes) {
   });
 }
 
+// What a backward reads besides its reserve, to stamp (fusedrnn::content_stamps): a training
+// forward stamps these, backward checks them, so an in-place change in between (an optimizer
+// step, a reused input buffer) raises instead of mixing old activations with new values.
+struct Stamped {
+  std::vector<std::string> names;
+  std::vector<const void*> data;
+  std::vector<size_t> bytes;
+  explicit Stamped(const RegCall& c) {
+    auto add = [&](const char* name, const std::optional<Arg>& a) {
+      if (a) add_arg(name, *a);
+    };
+    add_arg("x", c.x);
+    add_arg("w_ih", c.w_ih);
+    add_arg("w_hh", c.w_hh);
+    add("w_hr", c.w_hr);
+    add("ln_weight_ih", c.ln_ih);
+    add("ln_weight_hh", c.ln_hh);
+    add("ln_weight_c", c.ln_c);
+    add("ln_bias_c", c.ln_bc);
+    add("weight_peephole", c.peep);
+    add("zoneout_h_mask", c.zh_mask);
+    add("zoneout_c_mask", c.zc_mask);
+    add("recurrent_dropout_mask", c.rd);
+    add("dropconnect_mask", c.dc);
+  }
+  void add_arg(const char* name, const Arg& a) {
+    names.emplace_back(name);
+    data.push_back(a.view.data);
+    bytes.push_back(a.view.nbytes());
+  }
+  std::vector<uint64_t> compute() const {
+    std::vector<uint64_t> out(data.size());
+    content_stamps(data.size(), data.data(), bytes.data(), out.data());
+    return out;
+  }
+};
+
 py::array new_array(DType t, std::vector<int64_t> shape) {
   return allocate(py::none(), shape, t).object;
 }
 
 template <class T>
-py::tuple forward_t(const RegCall& c, bool training) {
+py::tuple forward_t(const RegCall& c, bool training, bool check_inplace) {
   const int64_t B = c.B, H = c.H, R = c.R();
   py::array y = new_array(c.dtype, {c.T, B, R}), h_n = new_array(c.dtype, {B, R});
   py::object c_n = py::none(), reserve = py::none();
@@ -301,6 +338,17 @@ py::tuple forward_t(const RegCall& c, bool training) {
     p.reserve = static_cast<T*>(rs.mutable_data());
     reserve = rs;
   }
+  py::object stamps = py::none();
+  if (training && check_inplace) {
+    const Stamped st(c);
+    py::array_t<uint64_t> out(py::ssize_t(st.data.size()));
+    {
+      py::gil_scoped_release nogil;
+      const std::vector<uint64_t> v = st.compute();
+      std::copy(v.begin(), v.end(), out.mutable_data());
+    }
+    stamps = out;
+  }
   {
     py::gil_scoped_release nogil;
     // (only where it pays: a smaller state's zeroing pass costs more than its faults, measured)
@@ -308,13 +356,30 @@ py::tuple forward_t(const RegCall& c, bool training) {
     if (p.reserve && reserve_bytes >= (size_t(32) << 20)) first_touch(p.reserve, reserve_bytes);
     reg_layer_forward<T>(p);
   }
-  return py::make_tuple(y, h_n, c_n, reserve);
+  return py::make_tuple(y, h_n, c_n, reserve, stamps);
 }
 
 template <class T>
-py::dict backward_t(const RegCall& c, py::handle reserve_, py::handle dy_, py::handle dh_n_,
-                    py::handle dc_n_) {
+py::dict backward_t(const RegCall& c, py::handle reserve_, py::handle stamps_, py::handle dy_,
+                    py::handle dh_n_, py::handle dc_n_) {
   const int64_t B = c.B, H = c.H, R = c.R(), G = c.G;
+  if (!stamps_.is_none()) {
+    const Stamped st(c);
+    auto want = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(stamps_);
+    FUSEDRNN_CHECK(want && want.ndim() == 1 && size_t(want.shape(0)) == st.data.size(),
+                   "stamps: not the training forward's for these arrays and options");
+    std::vector<uint64_t> got;
+    {
+      py::gil_scoped_release nogil;
+      got = st.compute();
+    }
+    for (size_t i = 0; i < got.size(); ++i)
+      if (got[i] != want.data()[i])
+        throw std::runtime_error(concat(
+            st.names[i], " was modified in place between the training forward and this "
+            "backward (an optimizer step, a reused buffer?): backward would combine the "
+            "forward's activations with the new values; run the forward again"));
+  }
   Arg rs = array_arg(reserve_, "reserve");
   check_dtype(rs, "reserve", c.dtype, " (x's dtype)");
   check_shape(rs, "reserve", {c.layout().total},
@@ -369,20 +434,21 @@ py::dict backward_t(const RegCall& c, py::handle reserve_, py::handle dy_, py::h
 py::tuple py_reg_forward(int kind, py::handle x, py::handle w_ih, py::handle w_hh,
                          py::handle b_ih, py::handle b_hh, py::handle w_hr, py::handle h0,
                          py::handle c0, py::handle lengths, bool reverse, bool training,
-                         py::dict opts) {
+                         py::dict opts, bool check_inplace) {
   const RegCall c = validate(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
                              opts);
-  return c.dtype == DType::Float64 ? forward_t<double>(c, training) : forward_t<float>(c, training);
+  return c.dtype == DType::Float64 ? forward_t<double>(c, training, check_inplace)
+                                   : forward_t<float>(c, training, check_inplace);
 }
 
 py::dict py_reg_backward(int kind, py::handle x, py::handle w_ih, py::handle w_hh,
                          py::handle b_ih, py::handle b_hh, py::handle w_hr, py::handle lengths,
-                         bool reverse, py::dict opts, py::handle reserve, py::handle dy,
-                         py::handle dh_n, py::handle dc_n) {
+                         bool reverse, py::dict opts, py::handle reserve, py::handle stamps,
+                         py::handle dy, py::handle dh_n, py::handle dc_n) {
   const RegCall c = validate(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, py::none(), py::none(),
                              lengths, reverse, opts);
-  return c.dtype == DType::Float64 ? backward_t<double>(c, reserve, dy, dh_n, dc_n)
-                                   : backward_t<float>(c, reserve, dy, dh_n, dc_n);
+  return c.dtype == DType::Float64 ? backward_t<double>(c, reserve, stamps, dy, dh_n, dc_n)
+                                   : backward_t<float>(c, reserve, stamps, dy, dh_n, dc_n);
 }
 
 // Bernoulli draws from the shared counter-based generator: element i is kept iff
@@ -446,13 +512,14 @@ void register_regularised(py::module_& m) {
   m.def("reg_layer_forward", &py_reg_forward, py::arg("kind"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"), py::arg("h0"),
         py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
-        py::arg("options"),
+        py::arg("options"), py::arg("check_inplace") = true,
         "One regularised layer, one direction, on the CPU. Returns (y, h_n, c_n or None, "
-        "reserve or None).");
+        "reserve or None, stamps or None): a training call with check_inplace stamps the "
+        "contents of what backward reads.");
   m.def("reg_layer_backward", &py_reg_backward, py::arg("kind"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"), py::arg("lengths"),
-        py::arg("reverse"), py::arg("options"), py::arg("reserve"), py::arg("dy"),
-        py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("reverse"), py::arg("options"), py::arg("reserve"), py::arg("stamps"),
+        py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "BPTT through a training reg_layer_forward with the same arguments. Returns the "
         "gradients by name (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr and "
         "the options' parameters).");

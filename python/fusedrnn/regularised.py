@@ -316,7 +316,8 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
                   h0: Optional[np.ndarray] = None, c0: Optional[np.ndarray] = None,
                   lengths: Optional[Sequence[int]] = None, batch_first: bool = False,
                   dropout: float = 0.0, seed: int = 0, reset_after: bool = True,
-                  training: bool = True, stochastic: Optional[bool] = None
+                  training: bool = True, stochastic: Optional[bool] = None,
+                  check_inplace: bool = True
                   ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[RegContext]]:
     """A regularised stack (module docstring). Returns ``(y, h_n, c_n, ctx)`` as
     :func:`fusedrnn.functional.stack_forward`: y (T, B, D*R) (batch-first if asked), h_n
@@ -325,7 +326,10 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
     ``training`` keeps what :func:`stack_backward` needs; ``stochastic`` (default: ``training``)
     draws the masks (zoneout, recurrent dropout, DropConnect, dropout between layers) rather
     than running inference's expectation: a module in eval mode that still wants gradients
-    runs ``training=True, stochastic=False``."""
+    runs ``training=True, stochastic=False``. A training forward stamps the contents of what
+    :func:`stack_backward` reads (x, the weights, the options' parameters and masks) and
+    backward raises ``RuntimeError`` naming one that was modified in place in between
+    (``check_inplace=False`` skips it: the torch adapter has autograd's version counters)."""
     stochastic = training if stochastic is None else bool(stochastic)
     if not isinstance(reg, Regularisation):
         raise TypeError(f"reg must be a fusedrnn.regularised.Regularisation, got "
@@ -404,11 +408,12 @@ def stack_forward(mode: str, x: np.ndarray, params: Dict[str, np.ndarray], *,
             args = (kind, layer_in, params["weight_ih" + sfx], w_hh, params.get("bias_ih" + sfx),
                     params.get("bias_hh" + sfx), w_hr, None if h0 is None else h0[k],
                     None if c0 is None else c0[k], lengths, bool(d))
-            y, h, c, reserve = _C.reg_layer_forward(*args, training, opts)
+            y, h, c, reserve, stamps = _C.reg_layer_forward(*args, training, opts,
+                                                            check_inplace)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)
-            layers.append(dict(args=args[:7], opts=opts, reserve=reserve))
+            layers.append(dict(args=args[:7], opts=opts, reserve=reserve, stamps=stamps))
             masks.append(m)
         out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         if layer < num_layers - 1 and stochastic and dropout > 0:
@@ -455,7 +460,7 @@ def stack_backward(ctx: RegContext, dy: Optional[np.ndarray] = None,
             R = lc["args"][3].shape[1]
             dyk = None if dout is None else np.ascontiguousarray(dout[:, :, d * R:(d + 1) * R])
             g = _C.reg_layer_backward(
-                *lc["args"], ctx.lengths, bool(d), lc["opts"], lc["reserve"], dyk,
+                *lc["args"], ctx.lengths, bool(d), lc["opts"], lc["reserve"], lc["stamps"], dyk,
                 None if dh_n is None else np.ascontiguousarray(dh_n[k]),
                 None if (dc_n is None or not is_lstm) else np.ascontiguousarray(dc_n[k]))
             sfx = f"_l{layer}" + ("_reverse" if d else "")

@@ -604,7 +604,7 @@ class _RegularisedStack(torch.autograd.Function):
             lengths=None if lengths is None else lengths.numpy(),
             batch_first=meta["batch_first"], dropout=meta["dropout"], seed=meta["seed"],
             reset_after=meta["reset_after"], training=meta["needs_grad"],
-            stochastic=meta["stochastic"])
+            stochastic=meta["stochastic"], check_inplace=False)  # autograd's version counters
         ctx.rctx = rctx
         ctx.names = names
         ctx.has_state = (h0 is not None, c0 is not None)
