@@ -342,10 +342,11 @@ py::tuple forward_t(const RegCall& c, bool training, bool check_inplace) {
   if (training && check_inplace) {
     const Stamped st(c);
     py::array_t<uint64_t> out(py::ssize_t(st.data.size()));
+    uint64_t* dst = out.mutable_data();
     {
       py::gil_scoped_release nogil;
       const std::vector<uint64_t> v = st.compute();
-      std::copy(v.begin(), v.end(), out.mutable_data());
+      std::copy(v.begin(), v.end(), dst);
     }
     stamps = out;
   }
@@ -480,8 +481,10 @@ py::array py_draw_bits(std::vector<int64_t> shape, double p, uint64_t seed, uint
   py::array_t<uint8_t> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
   uint8_t* o = out.mutable_data();
   const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
-  py::gil_scoped_release nogil;
-  for_elements(n, [&](int64_t i) { o[i] = uint8_t(dropout_keep(stream, i, p) == keep); });
+  {
+    py::gil_scoped_release nogil;  // scoped: the return below touches a Python object
+    for_elements(n, [&](int64_t i) { o[i] = uint8_t(dropout_keep(stream, i, p) == keep); });
+  }
   return out;
 }
 
@@ -495,8 +498,10 @@ py::array scaled_mask(const std::vector<int64_t>& shape, double p, uint64_t seed
   T* o = out.mutable_data();
   const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
   const T scale = T(1.0 / (1.0 - p));
-  py::gil_scoped_release nogil;
-  for_elements(n, [&](int64_t i) { o[i] = dropout_keep(stream, i, p) ? scale : T(0); });
+  {
+    py::gil_scoped_release nogil;
+    for_elements(n, [&](int64_t i) { o[i] = dropout_keep(stream, i, p) ? scale : T(0); });
+  }
   return out;
 }
 
