@@ -45,6 +45,21 @@ FUSEDRNN_HOST_DEVICE void ln_stats(const T* v, int64_t n, T eps, T& mean, T& rst
   rstd = T(1) / std::sqrt(q / T(n) + eps);
 }
 
+// Normalises v[0, n) in place to v_hat * gamma + beta (beta may be a row of zeros), writes v_hat
+// to v_hat_out when given, and returns 1/std for the backward.
+template <class T>
+FUSEDRNN_HOST_DEVICE T ln_forward_row(T* v, int64_t n, T eps, const T* gamma, const T* beta,
+                                      T* v_hat_out) {
+  T mean, rstd;
+  ln_stats(v, n, eps, mean, rstd);
+  for (int64_t k = 0; k < n; ++k) {
+    const T hat = (v[k] - mean) * rstd;
+    if (v_hat_out) v_hat_out[k] = hat;
+    v[k] = hat * gamma[k] + beta[k];
+  }
+  return rstd;
+}
+
 // Backward of y = v_hat * gamma (+ beta), v_hat = (v - mean) * rstd, given dy: writes
 // dv = rstd * (g - mean(g) - v_hat * mean(g * v_hat)), g = dy * gamma (dv may be dy), and adds
 // dy * v_hat to dgamma.

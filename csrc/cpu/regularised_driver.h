@@ -323,14 +323,8 @@ void reg_forward(const RegForwardParams<T>& p) {
   auto finish_row = [&](int64_t r) {
     T* v = xp + r * GH;
     if (pl.ln) {
-      T mean, rstd;
-      ln_stats(v, GH, o.ln_eps, mean, rstd);
-      T* vh = xhat ? xhat + r * GH : nullptr;
-      for (int64_t k = 0; k < GH; ++k) {
-        const T hat = (v[k] - mean) * rstd;
-        if (vh) vh[k] = hat;
-        v[k] = hat * o.ln_weight_ih[k] + b_ih[k];
-      }
+      const T rstd = ln_forward_row(v, GH, o.ln_eps, o.ln_weight_ih, b_ih,
+                                    xhat ? xhat + r * GH : nullptr);
       if (rstd_ih) rstd_ih[r] = rstd;
     } else {
 #pragma GCC ivdep
@@ -376,14 +370,8 @@ void reg_forward(const RegForwardParams<T>& p) {
       if (h_in_s) std::memcpy(h_in_s + row * R, hin + b * R, sizeof(T) * R);
     }
     if (pl.ln) {
-      T mean, rstd;
-      ln_stats(hr, GH, o.ln_eps, mean, rstd);
-      T* vh = hhat ? hhat + row * GH : nullptr;
-      for (int64_t k = 0; k < GH; ++k) {
-        const T hat = (hr[k] - mean) * rstd;
-        if (vh) vh[k] = hat;
-        hr[k] = hat * o.ln_weight_hh[k] + b_hh[k];
-      }
+      const T rstd = ln_forward_row(hr, GH, o.ln_eps, o.ln_weight_hh, b_hh,
+                                    hhat ? hhat + row * GH : nullptr);
       if (rstd_hh) rstd_hh[row] = rstd;
     } else {
       for (int64_t k = 0; k < G1H; ++k) hr[k] += b_hh[k];

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from fusedrnn._loader import _C
-from fusedrnn.reference_regularised import LN_EPS
+from fusedrnn.reference_regularised import LN_EPS, _bounds, _check_rate
 
 __all__ = ["Regularisation", "RegContext", "stack_forward", "stack_backward", "param_names",
            "param_shapes", "init_params", "MODES", "RegularisedRNN", "RegularisedLSTM",
@@ -53,28 +53,8 @@ _ZONEOUT_H, _ZONEOUT_C, _RECURRENT, _DROPCONNECT, _BETWEEN = 0x5A48, 0x5A43, 0x5
 
 
 def _rate(name, v):
-    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
-        raise ValueError(f"{name} must be a rate in [0, 1], got {v!r}")
+    _check_rate(name, v)
     return float(v)
-
-
-def _bounds(name, v, symmetric_only):
-    if v is None:
-        return None
-    if isinstance(v, numbers.Real) and not isinstance(v, bool):
-        if not float(v) > 0:
-            raise ValueError(f"{name} must be > 0, got {v!r}")
-        return (-float(v), float(v))
-    if symmetric_only:
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
-    try:
-        lo, hi = (float(b) for b in v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number or a pair (lo, hi), got {v!r}") \
-            from None
-    if not lo <= hi:
-        raise ValueError(f"{name}: lo must be <= hi, got ({lo}, {hi})")
-    return (lo, hi)
 
 
 @dataclass(frozen=True)

@@ -700,12 +700,6 @@ class _RegularisedBase(RNNBase):
         return super().forward(input, hx)
 
     def _run_layers(self, cfg, x, h0, c0, weights, dropout_active):
-        if x.device.type != "cpu":
-            raise NotImplementedError(
-                f"{type(self).__name__}: the regularised kernels run on the CPU; the CUDA "
-                f"backend has no regularised kernels yet (got a tensor on {x.device})")
-        if x.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"{type(self).__name__}: float32 or float64 tensors, got {x.dtype}")
         stochastic = self.training and (
             dropout_active or any(getattr(self.reg, f) for f in (
                 "zoneout_h", "zoneout_c", "recurrent_dropout", "dropconnect")))
