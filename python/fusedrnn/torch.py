@@ -89,6 +89,14 @@ Differences from PyTorch, all deliberate:
 * Modifying an input or a parameter in place between forward and backward raises PyTorch's
   usual "modified by an inplace operation" error (they are saved for backward).
 
+Regularised layers and cells (not torch.nn drop-ins: torch.nn has no counterpart):
+:class:`RegularisedLSTM`, :class:`RegularisedGRU`, :class:`RegularisedRNN` take torch.nn's
+arguments plus keyword options (``layer_norm``, ``zoneout_h``/``zoneout_c``,
+``recurrent_dropout``, ``dropconnect``, ``gate_clip``, ``cell_clip``, ``peepholes``,
+``forget_bias``) and run :mod:`fusedrnn.regularised`'s fused CPU kernels;
+:class:`RegularisedLSTMCell`, :class:`RegularisedGRUCell`, :class:`RegularisedRNNCell` take the
+per-step options. CPU only, first-order gradients (see :class:`_RegularisedBase`).
+
 Threads and OpenMP: fusedrnn runs its parallel regions on GNU OpenMP (``libgomp``); its BLAS
 (``scipy-openblas32``) runs single-threaded inside those regions, so it starts no thread pool of
 its own. The Linux PyTorch wheels bundle a ``libgomp.so.1`` with the same soname as the system's,
