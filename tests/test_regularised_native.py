@@ -449,3 +449,53 @@ def test_in_place_change_before_backward_raises(what):
                                         check_inplace=False)
     params["weight_hh_l0"][0, 0] += 1.0
     fr.stack_backward(ctx, y)  # not checked when asked not to
+
+
+def test_mask_bits_follow_the_documented_generator():
+    """draw_bits' integer test (top 53 bits >= ceil(p 2^53)) is dropout_keep's U >= p: checked
+    against splitmix64 written out in Python, at p where the two forms could part (exact
+    binary fractions, tiny and near-1 rates)."""
+    from fusedrnn._loader import _C
+    M = 2**64 - 1
+
+    def splitmix64(z):
+        z = (z + 0x9E3779B97F4A7C15) & M
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    seed, purpose, index, n = 12345, 0x4443, 3, 4000
+    base = splitmix64(seed ^ purpose)
+    stream = splitmix64(base ^ splitmix64((0xD1B54A32D192ED03 + index) & M))
+    before = _C._testing.get_isa()
+    try:
+        for isa in _C._testing.supported_isas():  # the draws are compiled per instruction set
+            _C._testing.set_isa(isa)
+            for p in (0.0, 0.25, 0.5, 0.3, 1e-12, 1 - 2**-40, 1.0):
+                want = np.array([float(splitmix64((stream + i) & M) >> 11) * 2.0**-53 >= p
+                                 for i in range(n)])
+                got = _C.draw_bits([n], p, seed, purpose, index, True).astype(bool)
+                np.testing.assert_array_equal(got, want, err_msg=f"{isa} p={p}")
+                if p < 1:
+                    scaled = _C.draw_scaled_mask([n], p, seed, purpose, index, True)
+                    np.testing.assert_array_equal(scaled, want / (1 - p), err_msg=f"{isa} p={p}")
+    finally:
+        _C._testing.set_isa(before)
+
+
+@pytest.mark.parametrize("case", ["everything-lstm", "ln_zoneout_dropout-gru", "plain-gru_v1",
+                                  "zoneout_h-rnn_tanh"])
+def test_every_instruction_set(case):
+    """The regularised loops are compiled per instruction set (cpu/kernels.inc): each path the
+    machine has runs a few sweep cases (the sweep itself runs on the default path)."""
+    from fusedrnn._loader import _C
+    name, mode = case.split("-")
+    opts = next(o for n, o, _ in VARIANTS if n == name)
+    before = _C._testing.get_isa()
+    try:
+        for isa in _C._testing.supported_isas():
+            _C._testing.set_isa(isa)
+            for dt in (np.float64, np.float32):
+                test_kernels_match_reference(name, opts, mode, "two_bidir_lengths", dt)
+    finally:
+        _C._testing.set_isa(before)

@@ -453,16 +453,8 @@ py::dict py_reg_backward(int kind, py::handle x, py::handle w_ih, py::handle w_h
 }
 
 // Bernoulli draws from the shared counter-based generator: element i is kept iff
-// U(stream, i) >= p (dropout_keep), stream = dropout_stream(splitmix64(seed ^ purpose), index).
-// Parallel over the elements (each is a pure function of its index: any split gives the same).
-template <class F>
-void for_elements(int64_t n, F&& f) {
-  run_parallel_work([&] {
-#pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) f(i);
-  });
-}
-
+// U(stream, i) >= p (dropout_keep), stream = dropout_stream(splitmix64(seed ^ purpose), index);
+// drawn by cpu/dispatch.cpp in parallel, per instruction set.
 int64_t element_count(const std::vector<int64_t>& shape, double p) {
   FUSEDRNN_CHECK(p >= 0.0 && p <= 1.0, "p must lie in [0, 1], got ", p);
   int64_t n = 1;
@@ -481,9 +473,10 @@ py::array py_draw_bits(std::vector<int64_t> shape, double p, uint64_t seed, uint
   py::array_t<uint8_t> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
   uint8_t* o = out.mutable_data();
   const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
+  const uint64_t thr = dropout_threshold(p);
   {
     py::gil_scoped_release nogil;  // scoped: the return below touches a Python object
-    for_elements(n, [&](int64_t i) { o[i] = uint8_t(dropout_keep(stream, i, p) == keep); });
+    draw_mask_bits(o, n, stream, thr, keep);
   }
   return out;
 }
@@ -498,9 +491,10 @@ py::array scaled_mask(const std::vector<int64_t>& shape, double p, uint64_t seed
   T* o = out.mutable_data();
   const uint64_t stream = dropout_stream(splitmix64(seed ^ purpose), index);
   const T scale = T(1.0 / (1.0 - p));
+  const uint64_t thr = dropout_threshold(p);
   {
     py::gil_scoped_release nogil;
-    for_elements(n, [&](int64_t i) { o[i] = dropout_keep(stream, i, p) ? scale : T(0); });
+    draw_mask_scaled<T>(o, n, stream, thr, scale);
   }
   return out;
 }

@@ -26,6 +26,11 @@ namespace fusedrnn {
   template <class T>                                                           \
   void layer_backward_isa(CellKind kind, const BackwardParams<T>& p);          \
   uint64_t stamp_chunk_isa(const void* data, size_t bytes);                   \
+  void draw_bits_chunk_isa(uint8_t* out, int64_t i0, int64_t n, uint64_t stream, \
+                           uint64_t thr, bool keep);                           \
+  template <class T>                                                           \
+  void draw_scaled_chunk_isa(T* out, int64_t i0, int64_t n, uint64_t stream,   \
+                             uint64_t thr, T scale);                           \
   template <class T>                                                           \
   void reg_layer_forward_isa(const RegForwardParams<T>& p);                    \
   template <class T>                                                           \
@@ -193,6 +198,48 @@ void reg_layer_backward(const RegBackwardParams<T>& p) {
     return isa_generic::reg_layer_backward_isa<T>(p);
   });
 }
+
+// Masks of the counter-based generator, in parallel over 64 KiB-element chunks (each element a
+// pure function of its index: any split draws the same mask).
+template <class F>
+void for_mask_chunks(int64_t n, F&& chunk) {
+  constexpr int64_t kChunk = 65536;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  run_parallel_work([&] {
+#pragma omp parallel for num_threads(get_num_threads()) schedule(static) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c)
+      chunk(c * kChunk, std::min(kChunk, n - c * kChunk));
+  });
+}
+
+void draw_mask_bits(uint8_t* out, int64_t n, uint64_t stream, uint64_t threshold, bool keep) {
+  const Isa isa = current_isa();
+  for_mask_chunks(n, [&](int64_t i0, int64_t len) {
+#if FUSEDRNN_X86_ISAS
+    if (isa == Isa::Avx512)
+      return isa_avx512::draw_bits_chunk_isa(out + i0, i0, len, stream, threshold, keep);
+    if (isa == Isa::Avx2)
+      return isa_avx2::draw_bits_chunk_isa(out + i0, i0, len, stream, threshold, keep);
+#endif
+    isa_generic::draw_bits_chunk_isa(out + i0, i0, len, stream, threshold, keep);
+  });
+}
+
+template <class T>
+void draw_mask_scaled(T* out, int64_t n, uint64_t stream, uint64_t threshold, T scale) {
+  const Isa isa = current_isa();
+  for_mask_chunks(n, [&](int64_t i0, int64_t len) {
+#if FUSEDRNN_X86_ISAS
+    if (isa == Isa::Avx512)
+      return isa_avx512::draw_scaled_chunk_isa<T>(out + i0, i0, len, stream, threshold, scale);
+    if (isa == Isa::Avx2)
+      return isa_avx2::draw_scaled_chunk_isa<T>(out + i0, i0, len, stream, threshold, scale);
+#endif
+    isa_generic::draw_scaled_chunk_isa<T>(out + i0, i0, len, stream, threshold, scale);
+  });
+}
+template void draw_mask_scaled<float>(float*, int64_t, uint64_t, uint64_t, float);
+template void draw_mask_scaled<double>(double*, int64_t, uint64_t, uint64_t, double);
 
 template void reg_layer_forward<float>(const RegForwardParams<float>&);
 template void reg_layer_forward<double>(const RegForwardParams<double>&);

@@ -105,6 +105,13 @@ struct RegBackwardParams : BackwardParams<T> {
   T* d_peephole = nullptr;
 };
 
+// Masks of core/dropout.h's generator for elements [0, n) of `stream`, in parallel: out[i] = 1
+// where element i is kept (keep=true) or dropped (keep=false), or scale / 0 (scaled). threshold:
+// dropout_threshold(p).
+void draw_mask_bits(uint8_t* out, int64_t n, uint64_t stream, uint64_t threshold, bool keep);
+template <class T>
+void draw_mask_scaled(T* out, int64_t n, uint64_t stream, uint64_t threshold, T scale);
+
 // The CPU kernels (cpu/dispatch.cpp: the instruction set chosen at run time).
 template <class T>
 void reg_layer_forward(const RegForwardParams<T>& p);
