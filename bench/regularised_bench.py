@@ -6,7 +6,7 @@ where it does not; DropConnect as AWD-LSTM's weight drop on ``torch.nn.LSTM``).
 Every row runs through ``fusedrnn.torch`` (what a user calls): ``RegularisedLSTM`` for the
 options, ``fusedrnn.torch.LSTM`` for the plain fused cell. Training = forward + backward of
 ``y.sum()`` in train mode (masks drawn); inference = forward in eval mode under ``no_grad``.
-Libraries are timed in blocks, the order rotated every round, the first call of each block
+Libraries are timed in blocks, the order shuffled every round, the first call of each block
 untimed; each number is the median over rounds.
 
     python bench/regularised_bench.py --out bench/results/regularised-issue14.json
@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -138,11 +139,15 @@ def runner(model, x, train):
 
 def time_blocks(fns, rounds, calls):
     """{name: median seconds per call}: blocks of `calls` timed calls per library, the first
-    call of each block untimed, the order rotated every round."""
+    call of each block untimed, the order shuffled every round (a fixed rotation keeps the same
+    neighbours: one peer always ran right after torch.nn.LSTM's block, whose threads were still
+    spinning, and measured slow)."""
     names = list(fns)
     samples = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+    rng = random.Random(0)
+    for _ in range(rounds):
+        order = names[:]
+        rng.shuffle(order)
         for n in order:
             fns[n]()
             t0 = time.perf_counter()
